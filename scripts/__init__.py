@@ -1,0 +1,1 @@
+"""Mechanism behind the nox sessions: backend declarations, Docker helpers."""

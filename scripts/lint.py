@@ -1,0 +1,37 @@
+"""The linters of the `lint` session, over every file kind the project has."""
+
+from __future__ import annotations
+
+from .backends import ROOT
+
+
+def shell_scripts() -> list[str]:
+    """Every tracked-looking shell script: *.sh, .ci/run, bash/sh shebangs."""
+    found = {ROOT / ".ci" / "run"}
+    for path in (ROOT / "ci").rglob("*"):
+        if not path.is_file() or "conformance" in path.parts:
+            continue
+        if path.suffix == ".sh":
+            found.add(path)
+            continue
+        try:
+            first = path.open("rb").readline()
+        except OSError:
+            continue
+        if first.startswith(b"#!") and (b"sh" in first.split(b"/")[-1]):
+            found.add(path)
+    return sorted(str(p.relative_to(ROOT)) for p in found if p.exists())
+
+
+def run_linters(session) -> None:
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    dockerfiles = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ci").glob("*/Dockerfile"))
+    session.run("hadolint", *dockerfiles)
+    session.run("shellcheck", *shell_scripts())
+    workflows = sorted(str(p.relative_to(ROOT)) for p in (ROOT / ".github/workflows").glob("*.y*ml"))
+    if workflows:
+        session.run(
+            "check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows
+        )
+        session.run("zizmor", "--offline", *workflows)

@@ -1,0 +1,65 @@
+"""Forward the host's TLS trust and proxy settings into containers.
+
+Behind a TLS-intercepting proxy (corporate networks, this CI's network), pip
+inside a container fails certificate verification unless it trusts the same
+CA as the host. We mount the host's CA bundle read-only and point the usual
+variables at it, rather than ever disabling verification.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CONTAINER_CA_BUNDLE = "/etc/dask-gateway-ci/host-ca-bundle.crt"
+CA_BUNDLE_VARIABLES = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+)
+FORWARDED_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_DEFAULT_TIMEOUT",
+    "GOPROXY",
+)
+DEFAULT_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+def host_ca_bundle(environ: dict[str, str]) -> Path | None:
+    """DASK_GATEWAY_CI_CA_BUNDLE (empty: none), else what the host already trusts."""
+    if "DASK_GATEWAY_CI_CA_BUNDLE" in environ:
+        chosen = environ["DASK_GATEWAY_CI_CA_BUNDLE"]
+        return Path(chosen) if chosen else None
+    candidates = [environ.get(name, "") for name in CA_BUNDLE_VARIABLES[:4]]
+    for candidate in [*candidates, *DEFAULT_BUNDLES]:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+def forwarded(environ: dict[str, str] | None = None) -> tuple[dict, dict[str, str]]:
+    """(docker volumes, environment) that carry the host's trust into a container."""
+    environ = dict(os.environ if environ is None else environ)
+    volumes: dict = {}
+    env: dict[str, str] = {}
+    bundle = host_ca_bundle(environ)
+    if bundle is not None:
+        volumes[str(bundle)] = {"bind": CONTAINER_CA_BUNDLE, "mode": "ro"}
+        env.update(dict.fromkeys(CA_BUNDLE_VARIABLES, CONTAINER_CA_BUNDLE))
+    for name in FORWARDED_VARIABLES:
+        value = environ.get(name)
+        # A file: index exists on the host only; inside it would break pip.
+        if value and "file:" not in value:
+            env[name] = value
+    return volumes, env
