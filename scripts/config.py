@@ -84,14 +84,20 @@ class Provenance:
     source: str
 
 
-def provenance(settings: Settings, root: Path = ROOT) -> Provenance:
-    revision = _git("rev-parse", "HEAD", root=root) or "unknown"
-    # The commit time, not "now": identical sources then give an identical
-    # image ID, so a rebuild is served from cache and verify stays valid.
-    stamp = _git("show", "-s", "--format=%ct", "HEAD", root=root)
-    committed = datetime.fromtimestamp(int(stamp), timezone.utc) if stamp else datetime(
-        1970, 1, 1, tzinfo=timezone.utc
-    )
+def provenance(settings: Settings, paths: list[Path] | None = None, root: Path = ROOT) -> Provenance:
+    """The last commit that touched `paths` (the image's folders), and its time.
+
+    Not HEAD and not "now": a commit elsewhere in the repository (or a
+    rebuild) then gives the same labels, the same image ID and so a cache hit
+    for this image and every image built on it; verify stays valid too.
+    """
+    scope = ["--", *(str(p) for p in paths)] if paths else []
+    stamp = _git("log", "-1", "--format=%H %ct", *scope, root=root)
+    if stamp:
+        revision, seconds = stamp.split()
+        committed = datetime.fromtimestamp(int(seconds), timezone.utc)
+    else:
+        revision, committed = "unknown", datetime(1970, 1, 1, tzinfo=timezone.utc)
     remote = _git("config", "--get", "remote.origin.url", root=root)
     source = https_url(remote) if remote and "://" in https_url(remote) else settings.source
     return Provenance(revision=revision, committed=committed, source=source)

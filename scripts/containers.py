@@ -98,7 +98,9 @@ def execute(
 
 
 def run_check(container, check: Check) -> Result:
-    return execute(container, check.command, user=check.user)
+    # coreutils' timeout bounds every check, so a hung command cannot hang us.
+    bounded = ("timeout", "-k", "5", f"{check.timeout:.0f}", *check.command)
+    return execute(container, bounded, user=check.user)
 
 
 def wait_ready(container, backend: Backend, *, timeout: float | None = None) -> float:

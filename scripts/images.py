@@ -69,6 +69,7 @@ def build_one(
     backend: Backend,
     *,
     parent_id: str | None,
+    parent_folders: tuple = (),
     build_args: dict[str, str] | None = None,
     target: str | None = None,
     network_mode: str | None = None,
@@ -88,7 +89,7 @@ def build_one(
             path=str(backend.folder),
             tag=reference if tag and target is None else None,
             buildargs=args,
-            labels=oci_labels(backend, provenance(settings)),
+            labels=oci_labels(backend, provenance(settings, [backend.folder, *parent_folders])),
             target=target,
             network_mode=network_mode,
             nocache=nocache,
@@ -100,7 +101,10 @@ def build_one(
         for entry in entries:
             stream.feed(entry)
     if stream.error is not None:
-        raise StepFailed(f"build of {what} failed at {stream.step}: {stream.error}")
+        # The step line already shows the command; do not repeat it.
+        error = re.sub(r"The command '.*' returned", "It returned", stream.error, flags=re.S)
+        step = stream.step if len(stream.step) <= 160 else stream.step[:157] + "..."
+        raise StepFailed(f"build of {what} failed at {step}: {error}")
     if stream.image_id is None:
         raise StepFailed(f"build of {what} ended without an image ID")
     log.info(
@@ -125,16 +129,22 @@ def build_with_parents(
     `built` remembers IDs within one run, so `nox -t build` builds base once.
     """
     parent_id = None
+    folders: tuple = ()
     for ancestor in ancestors(backends, backend.name):
         if ancestor.name in built:
             parent_id = built[ancestor.name]
         elif build_parents:
-            parent_id = build_one(client, settings, ancestor, parent_id=parent_id)
+            parent_id = build_one(
+                client, settings, ancestor, parent_id=parent_id, parent_folders=folders
+            )
             built[ancestor.name] = parent_id
         else:
             parent_id = require_image(client, settings, ancestor)
             log.info(f"using local {settings.reference(ancestor)} ({parent_id[:19]})")
-    image = build_one(client, settings, backend, parent_id=parent_id, **options)
+        folders = (*folders, ancestor.folder)
+    image = build_one(
+        client, settings, backend, parent_id=parent_id, parent_folders=folders, **options
+    )
     if options.get("target") is None:
         built[backend.name] = image
     return image
