@@ -18,8 +18,8 @@ import nox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scripts.backends import STEPS, load_all  # noqa: E402
-from scripts.errors import UserError  # noqa: E402
+from scripts.backends import STEPS, load_all
+from scripts.errors import UserError
 
 nox.needs_version = ">=2025.2.9"
 # Sessions that only drive Docker need no virtualenv of their own.

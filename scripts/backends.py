@@ -157,14 +157,14 @@ def _dependency_order(backends: dict[str, Backend]) -> list[str]:
         if name in ordered:
             return
         if name in chain:
-            raise DeclarationError(f"parent cycle: {' -> '.join(chain + (name,))}")
+            raise DeclarationError(f"parent cycle: {' -> '.join((*chain, name))}")
         parent = backends[name].parent
         if parent is not None:
             if parent not in backends:
                 raise DeclarationError(
                     f"{backends[name].folder / 'backend.toml'}: parent '{parent}' is not a backend"
                 )
-            visit(parent, chain + (name,))
+            visit(parent, (*chain, name))
         ordered.append(name)
 
     for name in sorted(backends, key=lambda n: (backends[n].parent is not None, n)):

@@ -13,7 +13,7 @@ import re
 import subprocess
 import tomllib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from packaging.version import Version
@@ -45,7 +45,8 @@ def load_settings(root: Path = ROOT, environ: dict[str, str] | None = None) -> S
         table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("dask-gateway-ci", {})
     defaults = Settings()
     return Settings(
-        registry=environ.get("DASK_GATEWAY_CI_REGISTRY") or table.get("registry", defaults.registry),
+        registry=environ.get("DASK_GATEWAY_CI_REGISTRY")
+        or table.get("registry", defaults.registry),
         owner=(environ.get("DASK_GATEWAY_CI_OWNER") or table.get("owner", defaults.owner)).lower(),
         source=table.get("source", defaults.source),
     )
@@ -84,7 +85,9 @@ class Provenance:
     source: str
 
 
-def provenance(settings: Settings, paths: list[Path] | None = None, root: Path = ROOT) -> Provenance:
+def provenance(
+    settings: Settings, paths: list[Path] | None = None, root: Path = ROOT
+) -> Provenance:
     """The last commit that touched `paths` (the image's folders), and its time.
 
     Not HEAD and not "now": a commit elsewhere in the repository (or a
@@ -95,9 +98,9 @@ def provenance(settings: Settings, paths: list[Path] | None = None, root: Path =
     stamp = _git("log", "-1", "--format=%H %ct", *scope, root=root)
     if stamp:
         revision, seconds = stamp.split()
-        committed = datetime.fromtimestamp(int(seconds), timezone.utc)
+        committed = datetime.fromtimestamp(int(seconds), UTC)
     else:
-        revision, committed = "unknown", datetime(1970, 1, 1, tzinfo=timezone.utc)
+        revision, committed = "unknown", datetime(1970, 1, 1, tzinfo=UTC)
     remote = _git("config", "--get", "remote.origin.url", root=root)
     source = https_url(remote) if remote and "://" in https_url(remote) else settings.source
     return Provenance(revision=revision, committed=committed, source=source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shlex
 import tarfile
@@ -90,7 +91,9 @@ def execute(
                 captured.append(text)
         exit_code = api.exec_inspect(exec_id).get("ExitCode")
     except APIError as error:
-        raise StepFailed(f"cannot run {shlex.join(command)}: {error.explanation or error}") from None
+        raise StepFailed(
+            f"cannot run {shlex.join(command)}: {error.explanation or error}"
+        ) from None
     if exit_code is None:  # the container went away under the command
         ensure_running(container, container.name)
         exit_code = -1
@@ -114,7 +117,10 @@ def wait_ready(container, backend: Backend, *, timeout: float | None = None) -> 
         for check in backend.ready_checks:
             result = run_check(container, check)
             if not check.matches(result.exit_code, result.output):
-                pending = f"{check.name}: {result.output.strip()[-200:] or f'exit {result.exit_code}'}"
+                lines = result.output.strip().splitlines()
+                pending = (
+                    f"{check.name}: {lines[-1][:200] if lines else f'exit {result.exit_code}'}"
+                )
                 break
         else:
             elapsed = time.monotonic() - started
@@ -176,10 +182,8 @@ def print_logs(container, backend: Backend) -> None:
 def remove(container) -> None:
     from docker.errors import NotFound
 
-    try:
+    with contextlib.suppress(NotFound):
         container.remove(force=True, v=True)
-    except NotFound:
-        pass
 
 
 def throwaway_name(backend: Backend) -> str:

@@ -55,7 +55,9 @@ def bootstrap(client, *, suite: str, reference: str, mirror: str | None, force: 
         )
         if result.returncode != 0:
             log.write(result.stdout[-4000:])
-            raise StepFailed(f"debootstrap of {suite} from {mirror} failed (exit {result.returncode})")
+            raise StepFailed(
+                f"debootstrap of {suite} from {mirror} failed (exit {result.returncode})"
+            )
         # Host-specific leftovers do not belong in an image.
         for leftover in ("etc/hostname", "etc/resolv.conf"):
             (rootfs / leftover).unlink(missing_ok=True)

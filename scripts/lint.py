@@ -29,9 +29,9 @@ def run_linters(session) -> None:
     dockerfiles = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ci").glob("*/Dockerfile"))
     session.run("hadolint", *dockerfiles)
     session.run("shellcheck", *shell_scripts())
-    workflows = sorted(str(p.relative_to(ROOT)) for p in (ROOT / ".github/workflows").glob("*.y*ml"))
+    workflows = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / ".github/workflows").glob("*.y*ml")
+    )
     if workflows:
-        session.run(
-            "check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows
-        )
+        session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
         session.run("zizmor", "--offline", *workflows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import state_dir
@@ -25,7 +25,7 @@ def record_verified(image_id: str, backend: str, seconds: float) -> None:
     entries = _load()
     entries[image_id] = {
         "backend": backend,
-        "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
     }
     path = _path()

@@ -1,0 +1,166 @@
+"""IMAGE-CONTRACT.md, "slurm": checked inside the container as dask.
+
+Jobs are submitted the way dask-gateway submits them: dask runs the jobqueue
+launcher as the requesting user through sudo, and the launcher runs sbatch.
+The launcher comes from dask-gateway-server (`nox -s install -- slurm`).
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+LAUNCHER = "/opt/python/bin/dask-gateway-jobqueue-launcher"
+TOOLS = ("sbatch", "squeue", "scancel", "sacct", "sinfo", "scontrol")
+SERVICES = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
+
+
+def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def launch(user: str, command: list[str], stdin: str | None = None) -> dict:
+    """Run `command` as `user` through sudo and the jobqueue launcher."""
+    request = {"action": "start", "cmd": command, "env": {"PATH": os.environ["PATH"]}}
+    if stdin is not None:
+        request["stdin"] = stdin
+    done = run("sudo", "-n", "-u", user, LAUNCHER, input=json.dumps(request))
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    assert reply["ok"], reply
+    return reply
+
+
+def submit(user: str, script: str, *options: str) -> str:
+    reply = launch(
+        user,
+        ["/usr/local/bin/sbatch", "--parsable", "-c", "1", "--mem=256M", *options],
+        stdin=f"#!/bin/bash\n{script}\n",
+    )
+    assert reply["returncode"] == 0, reply["stderr"]
+    return reply["stdout"].strip().split(";")[0]
+
+
+def job_state(job_id: str) -> str:
+    return run("/usr/local/bin/squeue", "-h", "-j", job_id, "-o", "%t").stdout.strip()
+
+
+def accounting(job_id: str, deadline: float = 60) -> list[str]:
+    end = time.monotonic() + deadline
+    while True:
+        record = run(
+            "/usr/local/bin/sacct",
+            "-n",
+            "-P",
+            "-X",
+            "-a",
+            "-j",
+            job_id,
+            "-o",
+            "JobID,User,State,ExitCode",
+        ).stdout.strip()
+        if re.search(r"\|(COMPLETED|FAILED|CANCELLED)", record) or time.monotonic() > end:
+            return record.split("|")
+        time.sleep(1)
+
+
+def wait_until(predicate, deadline: float, what: str) -> None:
+    end = time.monotonic() + deadline
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def launcher_installed():
+    if not Path(LAUNCHER).exists():
+        pytest.fail(f"{LAUNCHER} missing: run `nox -s install -- slurm` first")
+
+
+def test_hostname_is_slurm():
+    assert socket.gethostname() == "slurm"
+
+
+def test_environment_announces_slurm():
+    assert os.environ.get("TEST_DASK_GATEWAY_SLURM") == "true"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tool_on_path_and_in_usr_local_bin(tool):
+    assert shutil.which(tool), f"{tool} not on PATH"
+    path = Path("/usr/local/bin") / tool
+    assert path.exists() and os.access(path, os.X_OK), path
+    assert run(str(path), "--version").stdout.startswith("slurm")
+
+
+def test_services_run_under_one_supervisor():
+    processes = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+        except OSError:
+            continue
+        processes[status.parent.name] = (fields["Name"].strip(), fields["PPid"].strip())
+    supervisors = {pid for pid, (name, _) in processes.items() if name.startswith("supervisord")}
+    assert len(supervisors) == 1, processes
+    parents = {name: ppid for name, ppid in processes.values()}
+    for service in SERVICES:
+        assert service in parents, f"{service} not running"
+        assert parents[service] in supervisors, f"{service} not started by supervisord"
+
+
+def test_accounting_is_stored_by_slurmdbd():
+    config = run("/usr/local/bin/scontrol", "show", "config").stdout
+    assert re.search(r"AccountingStorageType\s*=\s*accounting_storage/slurmdbd", config)
+    clusters = run("sacctmgr", "-n", "-P", "list", "cluster", "format=cluster").stdout
+    assert "linux" in clusters.split()
+
+
+def test_dask_may_run_the_launcher_as_dask_users_without_password():
+    listing = run("sudo", "-n", "-l").stdout
+    assert re.search(rf"\(%dask_users\)\s+NOPASSWD:\s+{LAUNCHER}", listing), listing
+
+
+def test_dask_may_not_run_other_commands_as_alice():
+    assert run("sudo", "-n", "-u", "alice", "/usr/bin/id").returncode != 0
+
+
+@pytest.mark.parametrize("user", ["alice", "bob"])
+def test_batch_job_as_user_runs_and_is_accounted(user):
+    # The launcher passes only the environment it is given: no $HOME.
+    job = submit(
+        user, f'echo "ran as $(whoami) on $(hostname)" > "/home/{user}/conformance-$SLURM_JOB_ID"'
+    )
+    record = accounting(job)
+    assert record[1:] == [user, "COMPLETED", "0:0"], record
+    output = Path(f"/home/{user}/conformance-{job}")
+    reply = launch(user, ["cat", str(output)])
+    assert reply["stdout"].strip() == f"ran as {user} on slurm"
+    launch(user, ["rm", "-f", str(output)])
+
+
+def test_several_small_jobs_run_at_once_and_scancel_stops_them():
+    jobs = [submit(user, "sleep 120") for user in ("alice", "bob", "alice", "bob")]
+    try:
+        wait_until(lambda: all(job_state(j) == "R" for j in jobs), 60, "4 jobs running at once")
+    finally:
+        for job, user in zip(jobs, ("alice", "bob", "alice", "bob"), strict=True):
+            launch(user, ["/usr/local/bin/scancel", job])
+    wait_until(lambda: not any(job_state(j) in ("R", "PD") for j in jobs), 60, "jobs cancelled")
+    assert accounting(jobs[0])[2].startswith("CANCELLED")
+
+
+def test_opt_python_on_path_inside_jobs_under_sudo():
+    job = submit("alice", 'command -v python > "/home/alice/conformance-python-$SLURM_JOB_ID"')
+    assert accounting(job)[2] == "COMPLETED"
+    path = f"/home/alice/conformance-python-{job}"
+    assert launch("alice", ["cat", path])["stdout"].strip() == "/opt/python/bin/python"
+    launch("alice", ["rm", "-f", path])

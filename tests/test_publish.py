@@ -1,0 +1,466 @@
+"""push and tag-dated, against the real engine and a real local registry with auth."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts import log, publish, state  # noqa: E402
+from scripts.backends import Backend  # noqa: E402
+from scripts.config import load_settings  # noqa: E402
+from scripts.errors import StepFailed, UserError  # noqa: E402
+from scripts.steps import Context, option_parser  # noqa: E402
+from tests.registry import LocalRegistry, docker_client  # noqa: E402
+
+IMAGE = "dask-gateway-ci-publishtest"
+NAME = f"publishtest/{IMAGE}"  # repository path inside the registry
+DAY = "2026-11-25"
+USER = "publishtest"
+CREDENTIAL_VARIABLES = (
+    "DASK_GATEWAY_CI_REGISTRY_TOKEN",
+    "DASK_GATEWAY_CI_REGISTRY_USER",
+    "GHCR_TOKEN",
+    "GHCR_USER",
+    "GITHUB_TOKEN",
+    "GITHUB_ACTOR",
+    "GITHUB_ACTIONS",
+)
+PUSHED = re.compile(r"^pushed (?P<ref>\S+): (?P<digest>sha256:[0-9a-f]{64}) ", re.M)
+
+
+# -- unit tests: no engine -----------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in CREDENTIAL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_generic_token_works_for_any_registry_and_is_censored(clean_env):
+    token = f"publishtest-{uuid.uuid4().hex}"
+    environ = {"DASK_GATEWAY_CI_REGISTRY_TOKEN": token, "DASK_GATEWAY_CI_REGISTRY_USER": "me"}
+    creds = publish.credentials("registry.example", environ)
+    assert (creds.username, creds.source) == ("me", "DASK_GATEWAY_CI_REGISTRY_TOKEN")
+    assert creds.auth_config() == {"username": "me", "password": token}
+    assert token not in repr(creds)
+    assert log.censor(f"x {token} y") == f"x {log.CENSORED} y"
+
+
+def test_ghcr_variables_are_used_for_ghcr_only():
+    token = f"publishtest-{uuid.uuid4().hex}"
+    environ = {"GHCR_TOKEN": token, "GITHUB_ACTOR": "octocat"}
+    assert publish.credentials("ghcr.io", environ).username == "octocat"
+    assert publish.credentials("ghcr.io", {**environ, "GHCR_USER": "bot"}).username == "bot"
+    assert publish.credentials("127.0.0.1:5000", environ) is None  # never sent elsewhere
+    github = {"GITHUB_TOKEN": token, "GITHUB_ACTOR": "octocat"}
+    assert publish.credentials("ghcr.io", github) is None  # outside GitHub Actions
+    in_actions = publish.credentials("ghcr.io", {**github, "GITHUB_ACTIONS": "true"})
+    assert in_actions.source == "GITHUB_TOKEN"
+
+
+def test_token_without_user_is_one_line_without_the_token():
+    token = f"publishtest-{uuid.uuid4().hex}"
+    with pytest.raises(UserError) as raised:
+        publish.credentials("r.example", {"DASK_GATEWAY_CI_REGISTRY_TOKEN": token})
+    message = str(raised.value)
+    assert "DASK_GATEWAY_CI_REGISTRY_USER" in message and "\n" not in message
+    assert token not in message
+    assert log.censor(token) == log.CENSORED
+
+
+def test_dated_tag_spelling():
+    assert publish.dated_tag(DAY, "") == DAY
+    assert publish.dated_tag(DAY, "1") == f"{DAY}.1"
+    assert publish.dated_tag(DAY, ".2") == f"{DAY}.2"
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", publish.dated_tag(None, ""))
+    for day, suffix in (("2026-13-01", ""), ("25.11.2026", ""), (DAY, "a b"), (DAY, "-x")):
+        with pytest.raises(UserError):
+            publish.dated_tag(day, suffix)
+
+
+def test_push_refuses_dated_tags(tmp_path):
+    backend = Backend(name="publishtest", folder=tmp_path, description="d", image=IMAGE)
+    ctx = Context(
+        backends={},
+        settings=load_settings(),
+        options=argparse.Namespace(tags=[f"{DAY}.1"]),
+        _client=object(),  # refused before the engine is used
+    )
+    with pytest.raises(UserError, match="tag-dated-publishtest"):
+        publish.push_image(ctx, backend)
+
+
+def test_retry_policy_from_environment():
+    assert publish.retry_policy({}) == (3, 1.0)
+    environ = {publish.RETRIES_VARIABLE: "1", publish.BACKOFF_VARIABLE: "0.01"}
+    assert publish.retry_policy(environ) == (1, 0.01)
+    with pytest.raises(UserError):
+        publish.retry_policy({publish.RETRIES_VARIABLE: "many"})
+
+
+def test_push_stream_reads_error_and_final_digest():
+    stream = publish.PushStream()
+    stream.feed({"status": "Pushed", "progressDetail": {}, "id": "abc"})
+    stream.feed({"progressDetail": {}, "aux": {"Tag": "latest", "Digest": "sha256:1", "Size": 9}})
+    assert (stream.digest, stream.manifest_size, stream.error) == ("sha256:1", 9, None)
+    failed = publish.PushStream()
+    failed.feed({"errorDetail": {"message": "denied: no"}, "error": "denied: no"})
+    assert failed.error == "denied: no"
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ('Get "http://r/v2/": dial tcp r:5000: connect: connection refused', "_Unreachable"),
+        ("dial tcp: lookup r on 10.0.0.1:53: no such host", "_Unreachable"),
+        ("received unexpected HTTP status: 503 Service Unavailable", "_Unreachable"),
+        ("net/http: TLS handshake timeout", "_Unreachable"),
+        ("no basic auth credentials", "_Unauthorized"),
+        ("denied: requested access to the resource is denied", "_Unauthorized"),
+        ("unauthorized: authentication required", "_Unauthorized"),
+        ("manifest invalid: manifest invalid", "StepFailed"),
+    ],
+)
+def test_push_errors_are_classified(message, kind):
+    assert type(publish._classify(message)).__name__ == kind
+
+
+class _FlakyAPI:
+    """A push that fails `failures` times as if the registry were down, then succeeds."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.calls = 0
+
+    def push(self, repository, tag, stream, decode, auth_config):
+        self.calls += 1
+        if self.calls <= self.failures:
+            return iter([{"error": "dial tcp 127.0.0.1:1: connect: connection refused"}])
+        aux = {"Tag": tag, "Digest": "sha256:" + "0" * 64, "Size": 500}
+        return iter([{"status": "Pushed", "id": "abc"}, {"aux": aux}])
+
+
+class _FakeClient:
+    def __init__(self, api):
+        self.api = api
+
+
+def test_push_stream_errors_are_retried_with_backoff_then_reported(monkeypatch):
+    monkeypatch.setenv(publish.RETRIES_VARIABLE, "2")
+    monkeypatch.setenv(publish.BACKOFF_VARIABLE, "0")
+    api = _FlakyAPI(failures=2)
+    stream = publish.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
+    assert (api.calls, stream.digest) == (3, "sha256:" + "0" * 64)
+    api = _FlakyAPI(failures=5)
+    with pytest.raises(StepFailed, match="still unreachable after 3 attempts"):
+        publish.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
+    assert api.calls == 3
+
+
+def test_option_parser_for_publishing():
+    push = option_parser("push").parse_args(["--dry-run", "--tag", "a", "--tag", "b"])
+    assert (push.dry_run, push.allow_unverified, push.tags) == (True, False, ["a", "b"])
+    dated = option_parser("tag-dated").parse_args(["--suffix", "1", "--date", DAY])
+    assert (dated.suffix, dated.date) == ("1", DAY)
+
+
+# -- against the engine and a local registry ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_ok():
+    docker_client()  # fails (CI=true) or skips the module's docker tests
+
+
+@pytest.fixture
+def registry(tmp_path):
+    token = f"publishtest-token-{uuid.uuid4().hex}"
+    server = LocalRegistry(tmp_path / "registry", USER, token).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(clean_env, registry, tmp_path):
+    """Point the project at the local registry; no credentials unless a test adds them."""
+    monkeypatch = clean_env
+    monkeypatch.setenv("DASK_GATEWAY_CI_REGISTRY", registry.address)
+    monkeypatch.setenv("DASK_GATEWAY_CI_OWNER", "publishtest")
+    monkeypatch.setenv("DASK_GATEWAY_CI_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))  # no stored logins
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    monkeypatch.setenv(publish.RETRIES_VARIABLE, "2")
+    monkeypatch.setenv(publish.BACKOFF_VARIABLE, "0.05")
+    return monkeypatch
+
+
+@pytest.fixture
+def login(env, registry):
+    env.setenv("DASK_GATEWAY_CI_REGISTRY_USER", registry.user)
+    env.setenv("DASK_GATEWAY_CI_REGISTRY_TOKEN", registry.token)
+
+
+@pytest.fixture
+def client(engine_ok, env):
+    client = docker_client()  # after env: reads DOCKER_CONFIG now
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    return Backend(name="publishtest", folder=tmp_path, description="publish test", image=IMAGE)
+
+
+@pytest.fixture
+def build(client, tmp_path):
+    """build(content) -> image ID tagged <registry>/publishtest/<IMAGE>:latest.
+
+    FROM scratch with one small file: no base image, no network, unique content.
+    Every image built is removed afterwards with all its tags.
+    """
+    made: list[str] = []
+    reference = f"{os.environ['DASK_GATEWAY_CI_REGISTRY']}/{NAME}:latest"
+
+    def build(content: str) -> str:
+        context = tmp_path / f"context-{len(made)}"
+        context.mkdir()
+        (context / "Dockerfile").write_text("FROM scratch\nCOPY x /x\n")
+        (context / "x").write_text(f"{content} {uuid.uuid4().hex}\n")
+        image, _ = client.images.build(
+            path=str(context), tag=reference, pull=False, rm=True, forcerm=True
+        )
+        made.append(image.id)
+        return image.id
+
+    yield build
+    for image_id in made:
+        try:
+            client.images.remove(image_id, force=True, noprune=False)
+        except Exception as error:  # already gone; report anything else
+            if "No such image" not in str(error):
+                raise
+
+
+def _context(client, backend, **options) -> Context:
+    defaults = {
+        "dry_run": False,
+        "allow_unverified": False,
+        "tags": [],
+        "suffix": "",
+        "date": DAY,
+    }
+    return Context(
+        backends={backend.name: backend},
+        settings=load_settings(),
+        options=argparse.Namespace(**{**defaults, **options}),
+        _client=client,
+    )
+
+
+def _verified(image_id: str) -> str:
+    state.record_verified(image_id, "publishtest", 1.0)
+    return image_id
+
+
+def _pushed_digest(output: str) -> str:
+    found = PUSHED.findall(output)
+    assert len(found) == 1, output
+    return found[0][1]
+
+
+docker = pytest.mark.docker
+
+
+@docker
+def test_push_without_credentials_fails_with_one_line(client, backend, build, registry, capfd):
+    _verified(build("no credentials"))
+    with pytest.raises(UserError) as raised:
+        publish.push_image(_context(client, backend), backend)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "DASK_GATEWAY_CI_REGISTRY_TOKEN" in message and "docker login" in message
+    assert registry.repositories() == []
+
+
+@docker
+def test_push_then_already_present_then_extra_tag(
+    client, backend, build, registry, login, capfd, tmp_path
+):
+    image = _verified(build("push"))
+    publish.push_image(_context(client, backend), backend)
+    out, err = capfd.readouterr()
+    digest = _pushed_digest(err)
+    assert registry.manifest_digest(NAME, "latest") == digest
+    assert f"{registry.address}/{NAME}:latest" in err
+
+    publish.push_image(_context(client, backend), backend)
+    out2, err2 = capfd.readouterr()
+    assert "already has this image" in err2 and not PUSHED.search(err2)
+    assert registry.manifest_digest(NAME, "latest") == digest
+
+    publish.push_image(_context(client, backend, tags=["publishtest-extra"]), backend)
+    out3, err3 = capfd.readouterr()
+    assert registry.manifest_digest(NAME, "publishtest-extra") == _pushed_digest(err3) == digest
+    assert client.images.get(f"{registry.address}/{NAME}:publishtest-extra").id == image
+
+    rows = (tmp_path / "summary.md").read_text()
+    assert "| pushed |" in rows and "| already present |" in rows and digest in rows
+    everything = out + err + out2 + err2 + out3 + err3 + rows
+    assert registry.token not in everything
+
+
+@docker
+def test_unverified_image_is_refused_unless_allowed(client, backend, build, registry, login, capfd):
+    build("unverified")
+    with pytest.raises(UserError) as raised:
+        publish.push_image(_context(client, backend), backend)
+    assert "verify-publishtest" in str(raised.value) and "--allow-unverified" in str(raised.value)
+    assert registry.repositories() == []
+
+    publish.push_image(_context(client, backend, allow_unverified=True), backend)
+    _, err = capfd.readouterr()
+    assert "warning:" in err and "--allow-unverified" in err
+    assert registry.manifest_digest(NAME, "latest") == _pushed_digest(err)
+
+
+@docker
+def test_tag_dated_twice_the_same_day_is_a_no_op(client, backend, build, registry, login, capfd):
+    image = _verified(build("dated"))
+    publish.tag_dated_image(_context(client, backend), backend)
+    _, err = capfd.readouterr()
+    digest = _pushed_digest(err)
+    assert registry.manifest_digest(NAME, DAY) == digest
+    assert registry.manifest_digest(NAME, "latest") is None  # tag-dated pushes only its tag
+    assert client.images.get(f"{registry.address}/{NAME}:{DAY}").id == image
+
+    publish.tag_dated_image(_context(client, backend), backend)
+    _, err = capfd.readouterr()
+    assert "nothing to do" in err and not PUSHED.search(err)
+    assert registry.manifest_digest(NAME, DAY) == digest
+
+
+@docker
+def test_tag_dated_refuses_other_content_and_suffix_publishes_it(
+    client, backend, build, registry, login, capfd
+):
+    first_image = _verified(build("first"))
+    publish.tag_dated_image(_context(client, backend), backend)
+    first = registry.manifest_digest(NAME, DAY)
+    _verified(build("second"))  # now :latest here is other content
+    with pytest.raises(UserError) as raised:
+        publish.tag_dated_image(_context(client, backend), backend)
+    message = str(raised.value)
+    assert "\n" not in message and "never replaced" in message
+    assert f"other content (image {first_image[:19]} here, {first})" in message
+    assert f"--suffix 1 to publish this image as {DAY}.1" in message
+    assert registry.manifest_digest(NAME, DAY) == first
+
+    capfd.readouterr()
+    publish.tag_dated_image(_context(client, backend, suffix="1"), backend)
+    _, err = capfd.readouterr()
+    second = registry.manifest_digest(NAME, f"{DAY}.1")
+    assert second == _pushed_digest(err) != first
+    assert registry.manifest_digest(NAME, DAY) == first
+
+
+@docker
+def test_dry_run_touches_nothing(client, backend, build, registry, login, capfd):
+    image = _verified(build("dry run"))
+    tags_before = sorted(client.images.get(image).tags)
+    requests_before = registry.requests_seen()
+
+    publish.push_image(_context(client, backend, dry_run=True, tags=["extra"]), backend)
+    publish.tag_dated_image(_context(client, backend, dry_run=True, suffix="3"), backend)
+    _, err = capfd.readouterr()
+
+    assert f"would push {registry.address}/{NAME}:latest (image {image}" in err
+    assert f"would push {registry.address}/{NAME}:extra (image {image}" in err
+    assert f"would tag image {image}" in err and f"{registry.address}/{NAME}:{DAY}.3" in err
+    assert registry.requests_seen() == requests_before  # the registry was not contacted
+    assert sorted(client.images.get(image).tags) == tags_before
+    assert registry.repositories() == []
+    assert registry.token not in err
+
+
+@docker
+def test_rejected_token_is_one_line_and_never_printed(client, backend, build, registry, env, capfd):
+    wrong = f"publishtest-wrong-{uuid.uuid4().hex}"
+    env.setenv("DASK_GATEWAY_CI_REGISTRY_USER", registry.user)
+    env.setenv("DASK_GATEWAY_CI_REGISTRY_TOKEN", wrong)
+    _verified(build("wrong token"))
+    with pytest.raises(UserError) as raised:
+        publish.push_image(_context(client, backend), backend)
+    message = str(raised.value)
+    out, err = capfd.readouterr()
+    assert "\n" not in message and "DASK_GATEWAY_CI_REGISTRY_TOKEN" in message
+    assert wrong not in message + out + err
+
+
+@docker
+def test_registry_gone_fails_after_bounded_retries(client, backend, build, registry, login, capfd):
+    _verified(build("gone"))
+    registry.stop()
+    started = time.monotonic()
+    with pytest.raises(StepFailed) as raised:
+        publish.push_image(_context(client, backend), backend)
+    elapsed = time.monotonic() - started
+    message = str(raised.value)
+    assert "unreachable after 3 attempts" in message and "\n" not in message
+    assert elapsed < 20
+    _, err = capfd.readouterr()
+    assert "retry 1/2" in err and "retry 2/2" in err
+    assert registry.token not in message + err
+
+
+@docker
+def test_missing_image_names_the_build_session(client, backend, registry, login):
+    with pytest.raises(UserError, match=r"run `nox -s build-publishtest`"):
+        publish.push_image(_context(client, backend), backend)
+
+
+@docker
+def test_nox_push_dry_run_end_to_end(client, build, registry, login, tmp_path):
+    """`nox -s push-base -- --dry-run` on a stand-in image tagged as the base backend's."""
+    image = _verified(build("nox"))
+    base = f"{registry.address}/publishtest/dask-gateway-ci-base:latest"
+    client.api.tag(image, base.rsplit(":", 1)[0], tag="latest")
+    result = subprocess.run(
+        [sys.executable, "-m", "nox", "-s", "push-base", "--", "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GITHUB_STEP_SUMMARY": ""},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"dry run: would push {base} (image {image}" in output
+    assert registry.token not in output
+    assert registry.repositories() == []
+
+    client.api.remove_image(base)  # then: the one-line "build it first" error
+    result = subprocess.run(
+        [sys.executable, "-m", "nox", "-s", "push-base", "--", "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "run `nox -s build-base`" in output and "Traceback" not in output
