@@ -134,8 +134,15 @@ def build_with_parents(
         if ancestor.name in built:
             parent_id = built[ancestor.name]
         elif build_parents:
+            # How to build (network, cache) applies to parents; what to build does not.
             parent_id = build_one(
-                client, settings, ancestor, parent_id=parent_id, parent_folders=folders
+                client,
+                settings,
+                ancestor,
+                parent_id=parent_id,
+                parent_folders=folders,
+                network_mode=options.get("network_mode"),
+                nocache=options.get("nocache", False),
             )
             built[ancestor.name] = parent_id
         else:

@@ -25,9 +25,15 @@ def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
 
 
-def launch(user: str, command: list[str], stdin: str | None = None) -> dict:
+def launch(
+    user: str, command: list[str], stdin: str | None = None, env: dict | None = None
+) -> dict:
     """Run `command` as `user` through sudo and the jobqueue launcher."""
-    request = {"action": "start", "cmd": command, "env": {"PATH": os.environ["PATH"]}}
+    request = {
+        "action": "start",
+        "cmd": command,
+        "env": {"PATH": os.environ["PATH"], **(env or {})},
+    }
     if stdin is not None:
         request["stdin"] = stdin
     done = run("sudo", "-n", "-u", user, LAUNCHER, input=json.dumps(request))
@@ -38,10 +44,21 @@ def launch(user: str, command: list[str], stdin: str | None = None) -> dict:
 
 
 def submit(user: str, script: str, *options: str) -> str:
+    # As dask-gateway does: name the exported variables with --export.
+    env = {"CONFORMANCE_USER": user}
     reply = launch(
         user,
-        ["/usr/local/bin/sbatch", "--parsable", "-c", "1", "--mem=256M", *options],
+        [
+            "/usr/local/bin/sbatch",
+            "--parsable",
+            "-c",
+            "1",
+            "--mem=256M",
+            "--export=CONFORMANCE_USER",
+            *options,
+        ],
         stdin=f"#!/bin/bash\n{script}\n",
+        env=env,
     )
     assert reply["returncode"] == 0, reply["stderr"]
     return reply["stdout"].strip().split(";")[0]
@@ -137,13 +154,15 @@ def test_dask_may_not_run_other_commands_as_alice():
 def test_batch_job_as_user_runs_and_is_accounted(user):
     # The launcher passes only the environment it is given: no $HOME.
     job = submit(
-        user, f'echo "ran as $(whoami) on $(hostname)" > "/home/{user}/conformance-$SLURM_JOB_ID"'
+        user,
+        f'echo "ran as $(whoami) for $CONFORMANCE_USER on $(hostname)"'
+        f' > "/home/{user}/conformance-$SLURM_JOB_ID"',
     )
     record = accounting(job)
     assert record[1:] == [user, "COMPLETED", "0:0"], record
     output = Path(f"/home/{user}/conformance-{job}")
     reply = launch(user, ["cat", str(output)])
-    assert reply["stdout"].strip() == f"ran as {user} on slurm"
+    assert reply["stdout"].strip() == f"ran as {user} for {user} on slurm"
     launch(user, ["rm", "-f", str(output)])
 
 

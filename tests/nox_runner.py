@@ -1,0 +1,58 @@
+"""Run the project's own nox sessions the way a maintainer does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Integration tests publish under their own owner, so they never retag a
+# maintainer's images; the layers are shared, so the builds hit the cache.
+TEST_OWNER = "dask-gateway-ci-itest"
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.output.splitlines()
+
+
+def nox_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("GITHUB_ACTIONS", None)
+    env.update(
+        DASK_GATEWAY_CI_OWNER=TEST_OWNER,
+        DASK_GATEWAY_CI_STATE_DIR=str(state_dir),
+        NOX_SCRIPT_MODE="none",
+        **extra,
+    )
+    return env
+
+
+def nox(*args: str, env: dict[str, str], timeout: float = 1800) -> Run:
+    """`nox ARGS...`, stdout and stderr together, echoed for the test log."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nox", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    print(f"$ nox {' '.join(args)}  -> {done.returncode}\n{done.stdout[-6000:]}")
+    return Run(done.returncode, done.stdout)
+
+
+def aborted_line(run: Run) -> str:
+    """nox's one line for a session that stopped with a user-facing error."""
+    hits = [line for line in run.lines if " aborted: " in line or " failed: " in line]
+    assert hits, run.output
+    return hits[-1]

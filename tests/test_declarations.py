@@ -1,0 +1,546 @@
+"""The backend declarations against IMAGE-CONTRACT.md, and the declaration parser itself.
+
+No Docker: this reads ci/*/backend.toml through scripts.backends and the
+Dockerfiles as text.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from scripts import backends
+from scripts.errors import DeclarationError, UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = ROOT / "ci"
+ALL = backends.load_all()
+SERVICES = ("slurm", "pbs", "hadoop")
+
+# IMAGE-CONTRACT.md, per backend.
+CONTRACT = {
+    "slurm": {
+        "hostname": "slurm",
+        "env": "TEST_DASK_GATEWAY_SLURM",
+        "install": [["pip", "install", "-r", "tests/requirements.txt"]],
+        "test": "pytest -v tests/test_slurm_backend.py",
+    },
+    "pbs": {
+        "hostname": "pbs",
+        "env": "TEST_DASK_GATEWAY_PBS",
+        "install": [["pip", "install", "-r", "tests/requirements.txt"]],
+        "test": "pytest -v tests/test_pbs_backend.py",
+    },
+    "hadoop": {
+        "hostname": "master.example.com",
+        "env": "TEST_DASK_GATEWAY_YARN",
+        "install": [
+            ["pip", "install", "-r", "tests/requirements.txt"],
+            ["pip", "install", "pykerberos"],
+        ],
+        "test": "pytest -v tests/test_yarn_backend.py tests/test_auth.py -k 'yarn or kerberos'",
+    },
+}
+
+# The downloads: (version arg, URL arg, checksum arg) per backend with one.
+DOWNLOADS = {
+    "hadoop": ("HADOOP_VERSION", "HADOOP_URL", "HADOOP_SHA512"),
+    "pbs": ("OPENPBS_VERSION", "OPENPBS_URL", "OPENPBS_SHA512"),
+}
+
+
+# -- a small Dockerfile reader ---------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    value: str
+    line: int
+
+
+def instructions(dockerfile: Path) -> list[Instruction]:
+    """Instructions with continuation lines joined and comments dropped."""
+    result: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(dockerfile.read_text().splitlines(), 1):
+        stripped = raw.strip()
+        if stripped.startswith("#") or (not stripped and not pending):
+            continue  # comments, also those inside a continued instruction
+        if not pending:
+            start = number
+        if stripped.endswith("\\"):
+            pending.append(stripped[:-1])
+            continue
+        pending.append(stripped)
+        text = " ".join(part.strip() for part in pending if part.strip())
+        pending = []
+        keyword, _, value = text.partition(" ")
+        result.append(Instruction(keyword.upper(), value.strip(), start))
+    assert not pending, f"{dockerfile}: file ends inside a continued instruction"
+    return result
+
+
+def stages(dockerfile: Path) -> dict[str, list[Instruction]]:
+    """Instructions per stage, by stage name ("" for the global ARGs, #N unnamed)."""
+    result: dict[str, list[Instruction]] = {"": []}
+    current = ""
+    for instruction in instructions(dockerfile):
+        if instruction.keyword == "FROM":
+            words = instruction.value.split()
+            if len(words) == 3 and words[1].lower() == "as":
+                current = words[2]
+            else:
+                current = f"#{len(result)}"
+            result[current] = []
+        result[current].append(instruction)
+    return result
+
+
+def arg_defaults(items: list[Instruction]) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for instruction in items:
+        if instruction.keyword == "ARG":
+            name, sep, default = instruction.value.partition("=")
+            found[name] = default if sep else None
+    return found
+
+
+def env_values(dockerfile: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for instruction in instructions(dockerfile):
+        if instruction.keyword == "ENV":
+            for word in shlex.split(instruction.value):
+                key, sep, value = word.partition("=")
+                assert sep, f"{dockerfile}:{instruction.line}: ENV without '=': {word!r}"
+                found[key] = value
+    return found
+
+
+def expand(value: str, args: dict[str, str | None]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1)) or m.group(0), value)
+
+
+def test_dockerfile_reader_joins_continuations_and_drops_comments(tmp_path):
+    path = tmp_path / "Dockerfile"
+    path.write_text(
+        "ARG A=1\n"
+        "FROM x AS one\n"
+        "# a comment\n"
+        "ENV B=2 \\\n"
+        "    # comment inside\n"
+        '    C="three words"\n'
+        "FROM one\n"
+        "RUN true\n"
+    )
+    found = stages(path)
+    assert list(found) == ["", "one", "#2"]
+    assert arg_defaults(found[""]) == {"A": "1"}
+    assert env_values(path) == {"B": "2", "C": "three words"}
+    assert found["#2"][1].keyword == "RUN"
+
+
+# -- the real declarations against the contract --------------------------------------
+
+
+def test_every_contract_backend_is_declared():
+    assert set(SERVICES) <= set(ALL)
+    assert "base" in ALL
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_hostname(name):
+    assert ALL[name].hostname == CONTRACT[name]["hostname"]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_ports_are_exactly_the_contracts(name):
+    assert ALL[name].ports == (8000, 8786, 8088)
+
+
+def test_pbs_gets_sys_resource():
+    assert "SYS_RESOURCE" in ALL["pbs"].cap_add
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_parent_is_base(name):
+    assert ALL[name].parent == "base"
+    assert [b.name for b in backends.ancestors(ALL, name)] == ["base"]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_install_from_source(name):
+    declared = [list(command) for command in ALL[name].install_source]
+    expected = CONTRACT[name]["install"]
+    assert declared[0] == ["pip", "install", "-r", "tests/requirements.txt"]
+    assert declared[: len(expected)] == expected
+
+
+def test_hadoop_installs_pykerberos():
+    assert ("pip", "install", "pykerberos") in ALL["hadoop"].install_source
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_conformance_install_has_pytest(name):
+    """Without a source checkout, `test` runs the conformance tests with pytest."""
+    assert any("pytest" in command for command in ALL[name].install_conformance)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_test_commands_are_the_contracts(name):
+    assert [list(c) for c in ALL[name].test_source] == [shlex.split(CONTRACT[name]["test"])]
+
+
+def test_hadoop_test_selects_yarn_or_kerberos_as_one_argument():
+    (command,) = ALL["hadoop"].test_source
+    assert command[-2:] == ("-k", "yarn or kerberos")
+
+
+def _checks_text(checks) -> list[str]:
+    return [shlex.join(check.command) for check in checks]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_ready_checks_are_declared_and_valid(name):
+    backend = ALL[name]
+    assert backend.ready_checks, f"{name} declares no readiness check"
+    assert backend.ready_timeout > 0
+    names = [check.name for check in backend.ready_checks]
+    assert len(names) == len(set(names)), f"duplicate check names: {names}"
+    for check in backend.ready_checks:
+        assert check.timeout > 0
+
+
+def test_slurm_ready_means_controller_up_and_a_job_runs():
+    checks = ALL["slurm"].ready_checks
+    ping = [c for c in checks if c.command[:2] == ("scontrol", "ping")]
+    assert ping, _checks_text(checks)
+    assert ping[0].expect and re.search(ping[0].expect, "Slurmctld(primary) at slurm is UP")
+    assert not re.search(ping[0].expect, "Slurmctld(primary) at slurm is DOWN")
+    assert any(c.command[0] in ("srun", "sbatch") for c in checks), _checks_text(checks)
+
+
+def test_pbs_ready_means_the_server_answers_qstat_b():
+    checks = ALL["pbs"].ready_checks
+    qstat = [c for c in checks if c.command[0].endswith("qstat") and "-B" in c.command]
+    assert qstat, _checks_text(checks)
+    assert qstat[0].expect
+    answer = (
+        "Server             Max   Tot   Que   Run   Hld   Wat   Trn   Ext Status\n"
+        "---------------- ----- ----- ----- ----- ----- ----- ----- ----- -----------\n"
+        "pbs                  0     0     0     0     0     0     0     0 Active\n"
+    )
+    assert qstat[0].matches(0, answer)
+    assert not qstat[0].matches(1, answer)
+
+
+def test_hadoop_ready_means_a_running_yarn_node():
+    checks = ALL["hadoop"].ready_checks
+    nodes = [c for c in checks if "yarn node -list" in shlex.join(c.command)]
+    assert nodes, _checks_text(checks)
+    check = nodes[0]
+    assert check.expect and "RUNNING" in check.expect
+    listing = (
+        "Total Nodes:1\n"
+        "         Node-Id\t     Node-State\tNode-Http-Address\tNumber-of-Running-Containers\n"
+        "master.example.com:45454\t        RUNNING\tmaster.example.com:8042\t0\n"
+    )
+    assert check.matches(0, listing)
+    assert not check.matches(0, listing.replace("RUNNING", "UNHEALTHY"))
+    assert not check.matches(0, "Total Nodes:0\n")
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_smoke_checks_exist(name):
+    assert ALL[name].smoke, f"{name} declares no smoke check"
+
+
+@pytest.mark.parametrize(("name", "submit"), [("slurm", "sbatch"), ("pbs", "qsub")])
+def test_smoke_submits_a_job_as_alice(name, submit):
+    as_alice = [c for c in ALL[name].smoke if c.user == "alice"]
+    assert any(submit in shlex.join(c.command) for c in as_alice), [
+        (c.user, c.name) for c in ALL[name].smoke
+    ]
+    for check in as_alice:
+        assert check.expect and "alice" in check.expect
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_logs_are_declared(name):
+    backend = ALL[name]
+    assert backend.log_status, f"{name}: logs.status is missing"
+    assert backend.log_files, f"{name}: logs.files is empty"
+    for path in backend.log_files:
+        assert path.startswith("/"), path
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_dockerfile_sets_the_contract_environment(name):
+    env = env_values(CI / name / "Dockerfile")
+    assert env.get(CONTRACT[name]["env"]) == "true", sorted(env)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_dockerfile_builds_from_the_base_image_argument(name):
+    found = stages(CI / name / "Dockerfile")
+    assert "BASE_IMAGE" in arg_defaults(found[""])
+    local = set(found) - {""}
+    for stage, items in found.items():
+        if stage:
+            image = items[0].value.split()[0]
+            assert image == "${BASE_IMAGE}" or image in local, (stage, image)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_image_ends_with_supervisord(name):
+    last_cmd = [i for i in instructions(CI / name / "Dockerfile") if i.keyword == "CMD"][-1]
+    assert last_cmd.value == '["supervisord", "-n", "-c", "/etc/supervisor/supervisord.conf"]'
+
+
+@pytest.mark.parametrize("name", [*SERVICES, "base"])
+def test_conformance_tests_exist(name):
+    folder = ALL[name].conformance_dir
+    assert folder.is_dir()
+    assert sorted(folder.glob("test_*.py")), f"no test_*.py in {folder}"
+
+
+def test_base_takes_debian_image_and_tag():
+    found = stages(CI / "base" / "Dockerfile")
+    defaults = arg_defaults(found[""])
+    assert defaults.get("DEBIAN_IMAGE")
+    assert defaults.get("DEBIAN_TAG")
+    (stage,) = [items for name, items in found.items() if name]
+    assert stage[0].value.split()[0] == "${DEBIAN_IMAGE}:${DEBIAN_TAG}"
+    assert ALL["base"].parent is None
+
+
+# -- downloads: build args and the `download` stage -----------------------------------
+
+
+def _download_defaults(name: str) -> dict[str, str]:
+    """Default of each download arg: backend.toml's build.args, else the Dockerfile's ARG."""
+    found = stages(CI / name / "Dockerfile")
+    dockerfile = {}
+    for items in found.values():
+        dockerfile.update({k: v for k, v in arg_defaults(items).items() if v})
+    merged = {**dockerfile, **ALL[name].build_args}
+    return {k: expand(v, merged) for k, v in merged.items()}
+
+
+@pytest.mark.parametrize("name", sorted(DOWNLOADS))
+def test_download_args_have_non_empty_defaults(name):
+    defaults = _download_defaults(name)
+    version, url, checksum = DOWNLOADS[name]
+    assert defaults.get(version), defaults
+    assert defaults.get(url, "").startswith("https://"), defaults.get(url)
+    assert "${" not in defaults[url]
+    assert defaults[version] in defaults[url]
+    assert re.fullmatch(r"[0-9a-f]{128}", defaults.get(checksum, "")), "not a SHA-512"
+
+
+@pytest.mark.parametrize("name", sorted(DOWNLOADS))
+def test_download_defaults_agree_between_dockerfile_and_backend_toml(name):
+    """A value declared in both places must be the same, or a rebuild changes it silently."""
+    found = stages(CI / name / "Dockerfile")
+    args = {**arg_defaults(found[""]), **arg_defaults(found["download"])}
+    for key, value in ALL[name].build_args.items():
+        if args.get(key):
+            assert expand(args[key], {**args, **ALL[name].build_args}) == value, key
+
+
+@pytest.mark.parametrize("name", sorted(DOWNLOADS))
+def test_download_stage_declares_and_uses_its_args(name):
+    found = stages(CI / name / "Dockerfile")
+    assert "download" in found, f"{name}: no stage named download"
+    stage = found["download"]
+    assert stage[0].value.split()[0] == "${BASE_IMAGE}"
+    declared = arg_defaults(stage)
+    runs = " ".join(i.value for i in stage if i.keyword == "RUN")
+    version, url, checksum = DOWNLOADS[name]
+    # An ARG before the first FROM is not visible in a stage until declared there.
+    for arg in (version, url, checksum):
+        assert arg in declared, f"{name}: ARG {arg} is not declared in the download stage"
+    for arg in set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", runs)):
+        assert arg in declared, f"{name}: download stage uses ${arg}, not declared there"
+    assert f'fetch-verified "${url}" "sha512:${checksum}"' in runs
+    assert f"--url-arg {url}" in runs
+
+
+@pytest.mark.parametrize("name", sorted(DOWNLOADS))
+def test_download_stage_is_first_so_a_bad_url_fails_before_anything_else(name):
+    named = [stage for stage in stages(CI / name / "Dockerfile") if stage]
+    assert named[0] == "download"
+
+
+# -- the parser: malformed declarations ----------------------------------------------
+
+GOOD_BASE = 'description = "base"\nimage = "img-base"\n'
+
+
+def write_backend(ci: Path, name: str, text: str) -> Path:
+    folder = ci / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "backend.toml"
+    path.write_text(text)
+    return path
+
+
+def load_error(ci: Path) -> str:
+    with pytest.raises(DeclarationError) as error:
+        backends.load_all(ci)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_declaration_error_is_a_user_error():
+    assert issubclass(DeclarationError, UserError)
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ('image = "img"\n', "'description' (a string) is required"),
+        ('description = "d"\n', "'image' (a string) is required"),
+        ("description = 3\nimage = 'img'\n", "'description' (a string) is required"),
+        (
+            GOOD_BASE + '[[ready.checks]]\nname = "x"\ncommand = ["true"]\nexpect = "(unclosed"\n',
+            "expect is not a valid regex",
+        ),
+        (
+            GOOD_BASE + '[[smoke]]\nname = "x"\ncommand = ["true"]\nbogus = 1\n',
+            "unknown keys ['bogus']",
+        ),
+        (GOOD_BASE + '[[ready.checks]]\nname = "x"\n', "each check needs a name and a command"),
+        (
+            GOOD_BASE + '[[ready.checks]]\nname = "x"\ncommand = "true"\n',
+            "expected a non-empty list of strings",
+        ),
+        (GOOD_BASE + "[build.args]\nVERSION = 3\n", "build.args values must be strings"),
+        (GOOD_BASE + '[test]\nsource = "pytest"\n', "expected a list of commands"),
+        (GOOD_BASE + "[install]\nsource = [[]]\n", "expected a non-empty list of strings"),
+        (GOOD_BASE + "[logs]\nstatus = []\n", "expected a non-empty list of strings"),
+        ("description = \n", "Invalid value"),  # not TOML at all
+    ],
+    ids=[
+        "no-description",
+        "no-image",
+        "description-not-a-string",
+        "bad-regex",
+        "unknown-check-key",
+        "check-without-command",
+        "command-not-a-list",
+        "build-arg-not-a-string",
+        "test-source-not-a-list",
+        "empty-command",
+        "empty-log-status",
+        "invalid-toml",
+    ],
+)
+def test_malformed_backend_toml_names_the_file(tmp_path, text, complaint):
+    path = write_backend(tmp_path, "broken", text)
+    message = load_error(tmp_path)
+    assert str(path) in message
+    assert complaint.lower() in message.lower()
+
+
+def test_unknown_parent_names_the_file_and_the_parent(tmp_path):
+    write_backend(tmp_path, "base", GOOD_BASE)
+    path = write_backend(tmp_path, "child", GOOD_BASE + 'parent = "nosuch"\n')
+    message = load_error(tmp_path)
+    assert str(path) in message
+    assert "parent 'nosuch' is not a backend" in message
+
+
+@pytest.mark.parametrize(
+    ("parents", "cycle"),
+    [
+        ({"a": "b", "b": "a"}, "a -> b -> a"),
+        ({"a": "a"}, "a -> a"),
+        ({"a": "b", "b": "c", "c": "b"}, "b -> c -> b"),
+    ],
+)
+def test_parent_cycle(tmp_path, parents, cycle):
+    write_backend(tmp_path, "base", GOOD_BASE)
+    for name, parent in parents.items():
+        write_backend(tmp_path, name, GOOD_BASE + f'parent = "{parent}"\n')
+    message = load_error(tmp_path)
+    assert message.startswith("parent cycle: ")
+    assert cycle in message
+
+
+def test_load_all_orders_parents_before_children(tmp_path):
+    # Names sort against the hierarchy, so alphabetical order would be wrong.
+    write_backend(tmp_path, "zroot", GOOD_BASE)
+    write_backend(tmp_path, "mid", GOOD_BASE + 'parent = "zroot"\n')
+    write_backend(tmp_path, "aleaf", GOOD_BASE + 'parent = "mid"\n')
+    write_backend(tmp_path, "bleaf", GOOD_BASE + 'parent = "zroot"\n')
+    order = list(backends.load_all(tmp_path))
+    assert sorted(order) == ["aleaf", "bleaf", "mid", "zroot"]
+    assert order[0] == "zroot"
+    assert order.index("mid") < order.index("aleaf")
+    loaded = backends.load_all(tmp_path)
+    assert [b.name for b in backends.ancestors(loaded, "aleaf")] == ["zroot", "mid"]
+
+
+def test_real_backends_load_parents_first():
+    order = list(ALL)
+    assert order[0] == "base"
+    for name, backend in ALL.items():
+        if backend.parent is not None:
+            assert order.index(backend.parent) < order.index(name)
+
+
+def test_defaults_of_a_minimal_declaration(tmp_path):
+    write_backend(tmp_path, "mini", GOOD_BASE)
+    mini = backends.load_all(tmp_path)["mini"]
+    assert mini.hostname == "mini"
+    assert mini.container_name == "img-base"
+    assert mini.ready_timeout == 180.0
+    assert not mini.runs_services
+    assert mini.steps() == backends.IMAGE_STEPS
+
+
+def test_check_defaults_and_matching(tmp_path):
+    write_backend(
+        tmp_path,
+        "c",
+        GOOD_BASE + '[[ready.checks]]\nname = "x"\ncommand = ["true"]\nexpect = "^ok$"\n',
+    )
+    (check,) = backends.load_all(tmp_path)["c"].ready_checks
+    assert check.user == "root"
+    assert check.timeout == 60.0
+    assert check.matches(0, "first\nok\n")  # multi-line: ^ and $ match at line ends
+    assert not check.matches(1, "ok")
+    assert not check.matches(0, "not ok")
+
+
+# -- select --------------------------------------------------------------------------
+
+
+def test_select_unknown_backend():
+    with pytest.raises(UserError) as error:
+        backends.select(ALL, ["nosuch"], "build")
+    assert str(error.value) == "unknown backend 'nosuch'; choose from: base, hadoop, pbs, slurm"
+
+
+def test_select_step_that_does_not_apply():
+    with pytest.raises(UserError) as error:
+        backends.select(ALL, ["base"], "start")
+    assert str(error.value) == "'start' does not apply to 'base'; choose from: hadoop, pbs, slurm"
+
+
+def test_select_without_names():
+    with pytest.raises(UserError) as error:
+        backends.select(ALL, [], "start")
+    assert str(error.value) == "'start' needs a backend: nox -s start -- <hadoop|pbs|slurm>"
+
+
+def test_select_keeps_order_and_drops_repeats():
+    chosen = backends.select(ALL, ["slurm", "pbs", "slurm"], "build")
+    assert [b.name for b in chosen] == ["slurm", "pbs"]

@@ -1,0 +1,111 @@
+"""The nox sessions on a real Docker engine: listing, errors, base image."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from scripts.backends import load_all
+from scripts.config import LABEL_PREFIX, load_settings
+from tests.nox_runner import TEST_OWNER, nox, nox_env
+
+BACKENDS = ("base", "hadoop", "pbs", "slurm")
+IMAGE_STEPS = ("build", "verify", "push", "tag-dated")
+CONTAINER_STEPS = ("start", "install", "test", "print-logs", "stop")
+
+
+@pytest.fixture
+def env(tmp_path):
+    return nox_env(tmp_path / "state")
+
+
+def listed_sessions(env) -> dict[str, str]:
+    run = nox("-l", env=env)
+    assert run.returncode == 0
+    sessions = {}
+    for line in run.lines:
+        match = re.match(r"^[-*] (\S+)(?: \[[^]]*\])? -> (.+)$", line)
+        if match:
+            sessions[match.group(1)] = match.group(2)
+    return sessions
+
+
+def test_every_step_and_backend_is_listed_with_a_description(env):
+    sessions = listed_sessions(env)
+    expected = {f"{s}-{b}" for s in IMAGE_STEPS for b in BACKENDS}
+    expected |= {f"{s}-{b}" for s in CONTAINER_STEPS for b in BACKENDS if b != "base"}
+    assert len(expected) == 31
+    assert expected <= set(sessions)
+    assert {*IMAGE_STEPS, *CONTAINER_STEPS} <= set(sessions)
+    assert not {f"{s}-base" for s in CONTAINER_STEPS} & set(sessions)
+    assert all(description.strip() for description in sessions.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["-s", "test", "--", "nosuch"],
+            "unknown backend 'nosuch'; choose from: hadoop, pbs, slurm",
+        ),
+        (["-s", "build", "--", "nosuch"], "unknown backend 'nosuch'; choose from: base, hadoop"),
+        (["-s", "start", "--", "base"], "'start' does not apply to 'base'; choose from: hadoop"),
+        (["-s", "verify"], "'verify' needs a backend: nox -s verify -- <base|hadoop|pbs|slurm>"),
+        (["-s", "build-base", "--", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_user_mistakes_are_one_line_without_traceback(engine, env, args, expected):
+    before = {c.id for c in engine.containers.list(all=True)}
+    run = nox(*args, env=env)
+    assert run.returncode != 0
+    assert "Traceback" not in run.output
+    errors = [line for line in run.lines if "aborted:" in line]
+    assert len(errors) == 1, run.output
+    assert expected in errors[0]
+    assert {c.id for c in engine.containers.list(all=True)} == before
+
+
+def test_unreachable_engine_is_one_line_saying_how_to_start_it(env):
+    env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"
+    run = nox("-s", "verify-base", env=env)
+    assert run.returncode != 0
+    assert "Traceback" not in run.output
+    (line,) = [line for line in run.lines if "aborted:" in line]
+    assert "Docker engine not reachable at unix:///nonexistent/docker.sock" in line
+    assert "dockerd" in line
+
+
+@pytest.mark.docker
+def test_build_and_verify_base_from_a_clean_state_then_from_cache(engine, env):
+    settings = load_settings(environ=env)
+    base = load_all()["base"]
+    reference = settings.reference(base)
+    assert TEST_OWNER in reference
+    for image in engine.images.list(name=settings.repository(base)):
+        engine.images.remove(image.id if len(image.tags) <= 1 else reference, force=True)
+
+    first = nox("-s", "build-base", "verify-base", env=env)
+    assert first.returncode == 0, first.output
+    assert f"verified {reference}" in first.output
+    image = engine.images.get(reference)
+    labels = image.labels
+    for key in ("source", "revision", "created", "version", "url"):
+        assert labels.get(f"{LABEL_PREFIX}.{key}"), key
+    assert labels[f"{LABEL_PREFIX}.url"].endswith("/ci/base")
+
+    second = nox("-s", "build-base", env=env)
+    assert second.returncode == 0
+    assert engine.images.get(reference).id == image.id
+    (summary,) = [line for line in second.lines if line.startswith(f"built {reference}")]
+    cached, total = map(int, re.search(r"\((\d+)/(\d+) steps from cache\)", summary).groups())
+    # Every step but FROM/ARG lines (which the builder does not cache-report) hit.
+    assert cached >= total - 3, summary
+
+
+@pytest.mark.docker
+def test_build_tag_builds_every_image_parents_first(env):
+    run = nox("-l", "-t", "build", env=env)
+    order = [line.split()[1] for line in run.lines if line.startswith("* ")]
+    assert order[0] == "build-base"
+    assert set(order) == {f"build-{b}" for b in BACKENDS}
