@@ -155,3 +155,28 @@ def build_with_parents(
     if options.get("target") is None:
         built[backend.name] = image
     return image
+
+
+def save_archive(client, reference: str, path: str) -> None:
+    """`docker save` one tagged image to a tar file (for another machine or job)."""
+    image = client.images.get(reference)
+    with open(path, "wb") as archive:
+        for chunk in image.save(named=reference):
+            archive.write(chunk)
+    log.info(f"saved {reference} ({image.id[:19]}) to {path}")
+
+
+def load_archive(client, path: str) -> list[str]:
+    """`docker load` a tar written by save_archive; returns the tags it restored."""
+    from docker.errors import APIError
+
+    try:
+        with open(path, "rb") as archive:
+            loaded = client.images.load(archive)
+    except OSError as error:
+        raise UserError(f"cannot read image archive {path}: {error.strerror}") from None
+    except APIError as error:
+        raise StepFailed(f"docker load of {path} failed: {error.explanation or error}") from None
+    tags = [tag for image in loaded for tag in image.tags]
+    log.info(f"loaded {', '.join(tags) or 'an untagged image'} from {path}")
+    return tags

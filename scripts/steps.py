@@ -18,7 +18,7 @@ from .backends import Backend, ancestors, load_all, select
 from .config import Settings, load_settings
 from .engine import connect
 from .errors import StepFailed, UserError
-from .images import build_with_parents, require_image
+from .images import build_with_parents, load_archive, require_image, save_archive
 
 
 @dataclass
@@ -42,18 +42,22 @@ class Context:
 
 def build(ctx: Context, backend: Backend) -> None:
     build_args = dict(_key_value(item) for item in ctx.options.build_arg)
+    if ctx.options.load_parent:
+        load_archive(ctx.client, ctx.options.load_parent)
     build_with_parents(
         ctx.client,
         ctx.settings,
         ctx.backends,
         backend,
         built=ctx.built,
-        build_parents=not ctx.options.no_parent_build,
+        build_parents=not (ctx.options.no_parent_build or ctx.options.load_parent),
         build_args=build_args,
         target=ctx.options.target,
         network_mode=ctx.options.network,
         nocache=ctx.options.no_cache,
     )
+    if ctx.options.save:
+        save_archive(ctx.client, ctx.settings.reference(backend), ctx.options.save)
 
 
 def verify(ctx: Context, backend: Backend) -> None:
@@ -275,6 +279,12 @@ def option_parser(step: str) -> argparse.ArgumentParser:
             action="store_true",
             help="use the parent image already here instead of building it",
         )
+        parser.add_argument(
+            "--load-parent",
+            metavar="TAR",
+            help="docker load the parent image from TAR first, and build on it",
+        )
+        parser.add_argument("--save", metavar="TAR", help="docker save the built image to TAR")
     elif step == "start":
         parser.add_argument("--source", help="dask-gateway checkout (default $DASK_GATEWAY_SOURCE)")
     elif step in ("push", "tag-dated"):

@@ -82,8 +82,10 @@ def test_build_and_verify_base_from_a_clean_state_then_from_cache(engine, env):
     base = load_all()["base"]
     reference = settings.reference(base)
     assert TEST_OWNER in reference
-    for image in engine.images.list(name=settings.repository(base)):
-        engine.images.remove(image.id if len(image.tags) <= 1 else reference, force=True)
+    # Untag (children built on it keep its layers): the session must create it.
+    if engine.images.list(name=reference):
+        engine.images.remove(reference)
+    assert not engine.images.list(name=reference)
 
     first = nox("-s", "build-base", "verify-base", env=env)
     assert first.returncode == 0, first.output
@@ -109,3 +111,20 @@ def test_build_tag_builds_every_image_parents_first(env):
     order = [line.split()[1] for line in run.lines if line.startswith("* ")]
     assert order[0] == "build-base"
     assert set(order) == {f"build-{b}" for b in BACKENDS}
+
+
+@pytest.mark.docker
+def test_base_travels_as_a_file_between_jobs(engine, env, tmp_path):
+    archive = tmp_path / "base.tar"
+    saved = nox("-s", "build-base", "--", "--save", str(archive), env=env)
+    assert saved.returncode == 0, saved.output
+    assert archive.stat().st_size > 0
+    built = nox("-s", "build-slurm", "--", "--load-parent", str(archive), env=env)
+    assert built.returncode == 0, built.output
+    assert "loaded " in built.output
+    assert "using local " in built.output
+    assert "build ghcr.io" not in built.output.split("using local")[0]  # base not rebuilt
+
+    missing = nox("-s", "build-slurm", "--", "--load-parent", str(tmp_path / "no.tar"), env=env)
+    assert missing.returncode != 0
+    assert "cannot read image archive" in missing.output
