@@ -11,6 +11,8 @@ from .config import Settings, oci_labels, provenance
 from .errors import StepFailed, UserError
 
 STEP_LINE = re.compile(r"^Step \d+/\d+ : .*")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+BUILDER_CHATTER = re.compile(r"^\s*(---> |Removing intermediate container|\+ )")
 
 
 @dataclass
@@ -23,6 +25,14 @@ class BuildStream:
     cached_steps: int = 0
     steps: int = 0
     tail: list[str] = field(default_factory=list)
+
+    def last_words(self) -> str | None:
+        """The failing step's last line of its own output (not the builder's, not set -x)."""
+        for line in reversed(self.tail):
+            line = ANSI.sub("", line).strip()
+            if line and not BUILDER_CHATTER.match(line) and not STEP_LINE.match(line):
+                return line[:300]
+        return None
 
     def feed(self, entry: dict) -> None:
         if "error" in entry or "errorDetail" in entry:
@@ -103,8 +113,11 @@ def build_one(
     if stream.error is not None:
         # The step line already shows the command; do not repeat it.
         error = re.sub(r"The command '.*' returned", "It returned", stream.error, flags=re.S)
-        step = stream.step if len(stream.step) <= 160 else stream.step[:157] + "..."
-        raise StepFailed(f"build of {what} failed at {step}: {error}")
+        step = stream.step if len(stream.step) <= 100 else stream.step[:97] + "..."
+        said = stream.last_words()
+        raise StepFailed(
+            f"build of {what} failed at {step}: {error}" + (f"; last output: {said}" if said else "")
+        )
     if stream.image_id is None:
         raise StepFailed(f"build of {what} ended without an image ID")
     log.info(

@@ -10,14 +10,11 @@ with a line naming the URL and the build arg that overrides it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import http.server
 import io
 import re
 import socket
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from scripts import backends
+from tests.http_server import serve
 from tests.nox_runner import Run, aborted_line, nox, nox_env
 from tests.registry import free_port, unavailable
 
@@ -142,25 +140,6 @@ def make_tarball(path: Path, download: Download, *, without: str | None = None) 
             info.uid, info.gid = 1234, 1234
             archive.addfile(info, io.BytesIO(content))
     return hashlib.sha512(path.read_bytes()).hexdigest()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):
-        pass
-
-
-@contextlib.contextmanager
-def serve(directory: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @dataclass(frozen=True)

@@ -305,3 +305,25 @@ def test_checks_match_exit_code_and_output():
 
 def test_throwaway_names_are_unique():
     assert containers.throwaway_name(ALL["slurm"]) != containers.throwaway_name(ALL["slurm"])
+
+
+def test_failed_build_quotes_the_steps_last_output_line():
+    client = _FakeClient(
+        [
+            {"stream": "Step 7/26 : RUN fetch-verified ...\n"},
+            {"stream": " ---> Running in 32f26e2d5811\n"},
+            {"stream": "\x1b[91m+ fetch-verified https://x/h.tar.gz\n\x1b[0m"},
+            {
+                "stream": "\x1b[91mfetch-verified: cannot download https://x/h.tar.gz: no such host "
+                "(set build arg HADOOP_URL to a reachable mirror)\n\x1b[0m"
+            },
+            {"stream": "Removing intermediate container 32f26e2d5811\n"},
+            {"error": "The command '/bin/sh -c fetch-verified' returned a non-zero code: 1"},
+        ]
+    )
+    with pytest.raises(StepFailed) as error:
+        images.build_one(client, config.Settings(), ALL["hadoop"], parent_id="sha256:base")
+    assert str(error.value).endswith(
+        "; last output: fetch-verified: cannot download https://x/h.tar.gz: no such host "
+        "(set build arg HADOOP_URL to a reachable mirror)"
+    )

@@ -5,22 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from scripts import log, publish, state  # noqa: E402
-from scripts.backends import Backend  # noqa: E402
-from scripts.config import load_settings  # noqa: E402
-from scripts.errors import StepFailed, UserError  # noqa: E402
-from scripts.steps import Context, option_parser  # noqa: E402
-from tests.registry import LocalRegistry, docker_client  # noqa: E402
+from scripts import log, publish, state
+from scripts.backends import Backend
+from scripts.config import load_settings
+from scripts.errors import StepFailed, UserError
+from scripts.steps import Context, option_parser
+from tests.nox_runner import nox
+from tests.registry import LocalRegistry, docker_client
 
 IMAGE = "dask-gateway-ci-publishtest"
 NAME = f"publishtest/{IMAGE}"  # repository path inside the registry
@@ -434,31 +430,20 @@ def test_missing_image_names_the_build_session(client, backend, registry, login)
 @docker
 def test_nox_push_dry_run_end_to_end(client, build, registry, login, tmp_path):
     """`nox -s push-base -- --dry-run` on a stand-in image tagged as the base backend's."""
+    # The fixtures put the registry, owner and state dir in os.environ.
+    environment = {**os.environ, "GITHUB_STEP_SUMMARY": ""}
     image = _verified(build("nox"))
     base = f"{registry.address}/publishtest/dask-gateway-ci-base:latest"
     client.api.tag(image, base.rsplit(":", 1)[0], tag="latest")
-    result = subprocess.run(
-        [sys.executable, "-m", "nox", "-s", "push-base", "--", "--dry-run"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "GITHUB_STEP_SUMMARY": ""},
-    )
-    output = result.stdout + result.stderr
+    result = nox("-s", "push-base", "--", "--dry-run", env=environment)
+    output = result.output
     assert result.returncode == 0, output
     assert f"dry run: would push {base} (image {image}" in output
     assert registry.token not in output
     assert registry.repositories() == []
 
     client.api.remove_image(base)  # then: the one-line "build it first" error
-    result = subprocess.run(
-        [sys.executable, "-m", "nox", "-s", "push-base", "--", "--dry-run"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    output = result.stdout + result.stderr
+    result = nox("-s", "push-base", "--", "--dry-run", env=environment)
+    output = result.output
     assert result.returncode != 0
     assert "run `nox -s build-base`" in output and "Traceback" not in output
