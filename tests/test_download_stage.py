@@ -211,7 +211,12 @@ def build_download(env, download: Download, url: str, digest: str) -> Run:
 
 
 def lines_with(run: Run, *needles: str) -> list[str]:
-    return [line for line in run.lines if all(n in line for n in needles)]
+    """Lines of the build output with all needles (nox's own abort line quotes them again)."""
+    return [
+        line
+        for line in run.lines
+        if all(n in line for n in needles) and not line.startswith("nox > ")
+    ]
 
 
 def assert_names_the_download_step(line: str, download: Download) -> None:
@@ -248,6 +253,7 @@ def test_wrong_checksum_fails_at_the_download_step(engine, env, served, name):
     abort = aborted_line(run)
     assert_names_the_download_step(abort, download)
     assert "(target download)" in abort
+    assert "last output: fetch-verified: checksum mismatch" in abort
     assert not BUILT.search(run.output)
 
 
@@ -305,4 +311,5 @@ def test_default_url_unreachable_fails_fast(engine, env, name):
     abort = aborted_line(run)
     assert f"build-{name} aborted" in abort
     assert_names_the_download_step(abort, download)
+    assert f"{url}" in abort and f"set build arg {download.url_arg}" in abort
     assert seconds < 300, f"took {seconds:.0f}s: the download should fail fast"
