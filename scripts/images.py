@@ -115,9 +115,8 @@ def build_one(
         error = re.sub(r"The command '.*' returned", "It returned", stream.error, flags=re.S)
         step = stream.step if len(stream.step) <= 100 else stream.step[:97] + "..."
         said = stream.last_words()
-        raise StepFailed(
-            f"build of {what} failed at {step}: {error}" + (f"; last output: {said}" if said else "")
-        )
+        tail = f"; last output: {said}" if said else ""
+        raise StepFailed(f"build of {what} failed at {step}: {error}{tail}")
     if stream.image_id is None:
         raise StepFailed(f"build of {what} ended without an image ID")
     log.info(

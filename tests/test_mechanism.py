@@ -314,8 +314,8 @@ def test_failed_build_quotes_the_steps_last_output_line():
             {"stream": " ---> Running in 32f26e2d5811\n"},
             {"stream": "\x1b[91m+ fetch-verified https://x/h.tar.gz\n\x1b[0m"},
             {
-                "stream": "\x1b[91mfetch-verified: cannot download https://x/h.tar.gz: no such host "
-                "(set build arg HADOOP_URL to a reachable mirror)\n\x1b[0m"
+                "stream": "\x1b[91mfetch-verified: cannot download https://x/h.tar.gz: "
+                "no such host (set build arg HADOOP_URL to a reachable mirror)\n\x1b[0m"
             },
             {"stream": "Removing intermediate container 32f26e2d5811\n"},
             {"error": "The command '/bin/sh -c fetch-verified' returned a non-zero code: 1"},
