@@ -115,6 +115,10 @@ def start(ctx: Context, backend: Backend) -> None:
         containers.wait_ready(existing, backend)
         return
     if existing is not None:
+        # Its last words go to the log before it goes: nothing is lost silently.
+        code = existing.attrs.get("State", {}).get("ExitCode")
+        with log.group(f"{backend.container_name} had stopped (exit code {code}); its last output"):
+            log.write(existing.logs(tail=20).decode(errors="replace"))
         log.info(f"removing stopped container {backend.container_name}")
         containers.remove(existing)
     image = require_image(ctx.client, ctx.settings, backend)

@@ -327,3 +327,19 @@ def test_failed_build_quotes_the_steps_last_output_line():
         "; last output: fetch-verified: cannot download https://x/h.tar.gz: no such host "
         "(set build arg HADOOP_URL to a reachable mirror)"
     )
+
+
+def test_host_mirror_from_deb822_and_one_line_sources(tmp_path):
+    from scripts.debian import FALLBACK_MIRROR, host_mirror
+
+    listing = tmp_path / "sources.list.d"
+    listing.mkdir()
+    (listing / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n"
+    )
+    assert host_mirror((listing,)) == "http://mirror.example/debian"
+    one_line = tmp_path / "sources.list"
+    one_line.write_text("# comment\ndeb [arch=amd64] http://other.example/debian bookworm main\n")
+    assert host_mirror((tmp_path / "absent", one_line)) == "http://other.example/debian"
+    assert host_mirror((tmp_path / "absent",)) == FALLBACK_MIRROR

@@ -147,6 +147,13 @@ def test_killed_container_during_test_is_a_clear_failure_and_stop_cleans_up(
     assert running.returncode != 0
     assert "Traceback" not in output
     assert "the slurm container stopped during test" in output
+
+    # Starting again shows the dead container's last output, then replaces it.
+    restart = nox("-s", "start-slurm", env=env)
+    assert restart.returncode == 0, restart.output
+    assert "had stopped (exit code 137); its last output" in restart.output
+    assert engine.containers.get(SLURM.container_name).status == "running"
+
     stop = nox("-s", "stop-slurm", env=env)
     assert stop.returncode == 0
     assert SLURM.container_name not in container_names(engine)
