@@ -38,7 +38,10 @@ STEP_HELP = {
     "stop": "Stop and remove the {b} container",
 }
 
-BACKENDS = load_all()
+try:
+    BACKENDS = load_all()
+except UserError as error:  # a malformed ci/*/backend.toml: one line, no traceback
+    sys.exit(f"noxfile: {error}")
 
 
 def _step_session(step: str, backend: str | None):
@@ -76,18 +79,17 @@ def bootstrap_debian(session: nox.Session) -> None:
 
     Options after --: --suite SUITE, --image REF, --mirror URL, --force.
     """
-    import argparse
-
     from scripts.debian import bootstrap
     from scripts.engine import connect
+    from scripts.steps import OneLineParser
 
-    parser = argparse.ArgumentParser(prog="nox -s bootstrap-debian --")
+    parser = OneLineParser(prog="nox -s bootstrap-debian --")
     parser.add_argument("--suite", default="trixie")
     parser.add_argument("--image", default="debian:trixie-slim")
     parser.add_argument("--mirror", help="Debian archive URL (default: the host's apt source)")
     parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(session.posargs)
     try:
+        args = parser.parse_args(session.posargs)
         bootstrap(
             connect(), suite=args.suite, reference=args.image, mirror=args.mirror, force=args.force
         )

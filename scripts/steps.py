@@ -266,13 +266,13 @@ STEP_FUNCTIONS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump, no SystemExit
         raise UserError(f"{self.prog}: {message}")
 
 
 def option_parser(step: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=f"nox -s {step} --", add_help=False)
+    parser = OneLineParser(prog=f"nox -s {step} --", add_help=False)
     if step == "build":
         parser.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
         parser.add_argument("--target", help="build only this Dockerfile stage (not tagged)")
