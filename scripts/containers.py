@@ -57,9 +57,19 @@ def run_detached(client, backend: Backend, image: str, *, name: str, source: Pat
     )
 
 
+def is_running(container, *, settle: bool = False) -> bool:
+    """Whether the container runs; `settle` gives a killed one a moment to show it."""
+    for _ in range(10 if settle else 1):
+        container.reload()
+        if container.status != "running":
+            return False
+        if settle:
+            time.sleep(0.5)
+    return True
+
+
 def ensure_running(container, what: str) -> None:
-    container.reload()
-    if container.status != "running":
+    if not is_running(container):
         code = container.attrs.get("State", {}).get("ExitCode")
         raise StepFailed(f"the {what} container is {container.status} (exit code {code})")
 

@@ -215,7 +215,8 @@ def _run_in(container, backend, command, *, user, workdir, step, environment=Non
     )
     if result.exit_code == 0:
         return
-    if not _still_running(container, wait=result.exit_code < 0 or result.exit_code > 128):
+    # Killed by a signal? The engine may need a moment to report the container gone.
+    if not containers.is_running(container, settle=result.exit_code < 0 or result.exit_code > 128):
         code = container.attrs.get("State", {}).get("ExitCode")
         raise StepFailed(
             f"the {backend.name} container stopped during {step} (exit code {code}); "
@@ -223,17 +224,6 @@ def _run_in(container, backend, command, *, user, workdir, step, environment=Non
             f"`nox -s stop -- {backend.name}`"
         )
     raise StepFailed(f"{step} failed: `{shlex.join(command)}` exited with code {result.exit_code}")
-
-
-def _still_running(container, *, wait: bool) -> bool:
-    """Killed by a signal? The engine may need a moment to report the container gone."""
-    for _ in range(10 if wait else 1):
-        container.reload()
-        if container.status != "running":
-            return False
-        if wait:
-            time.sleep(0.5)
-    return True
 
 
 def _key_value(item: str) -> tuple[str, str]:
