@@ -18,25 +18,14 @@ import nox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scripts.backends import STEPS, load_all
+from scripts.backends import IMAGE, load_all, root_of
 from scripts.errors import UserError
+from scripts.steps import STEPS, OneLineParser, run
 
 nox.needs_version = ">=2025.2.9"
 # Sessions that only drive Docker need no virtualenv of their own.
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
-
-STEP_HELP = {
-    "build": "Build the {b} image, parents first",
-    "verify": "Check the {b} image against the contract in a throwaway container",
-    "push": "Push the {b} image (verified images only; --dry-run)",
-    "tag-dated": "Tag the {b} image with today's UTC date and push it (--dry-run)",
-    "start": "Start the {b} container, wait until ready (--source DIR)",
-    "install": "Install test requirements in the running {b} container, as root",
-    "test": "Run tests in the running {b} container as dask (extra args to pytest)",
-    "print-logs": "Print service status and logs of the {b} container",
-    "stop": "Stop and remove the {b} container",
-}
 
 try:
     BACKENDS = load_all()
@@ -44,54 +33,54 @@ except UserError as error:  # a malformed ci/*/backend.toml: one line, no traceb
     sys.exit(f"noxfile: {error}")
 
 
-def _step_session(step: str, backend: str | None):
+def _step_session(step, backend: str | None):
     def session(session: nox.Session) -> None:
-        from scripts.steps import run
-
         try:
-            run(step, list(session.posargs), fixed=backend)
+            run(step.name, list(session.posargs), fixed=backend)
         except UserError as error:
             session.error(str(error))
 
-    if backend:
-        session.__doc__ = STEP_HELP[step].format(b=backend) + "."
-    else:
-        session.__doc__ = STEP_HELP[step].format(b="BACKEND") + f"; nox -s {step} -- BACKEND..."
+    session.__doc__ = step.describe(backend)
     return session
 
 
-for _step in STEPS:
+# One session per step and backend (build-slurm), and one per step that takes
+# backends after -- (build -- slurm pbs); the step registry is the table.
+for _step in STEPS.values():
     for _backend in BACKENDS.values():
-        if _step in _backend.steps():
+        if _step.scope == IMAGE or _backend.runs_services:
             nox.session(
                 _step_session(_step, _backend.name),
-                name=f"{_step}-{_backend.name}",
+                name=f"{_step.name}-{_backend.name}",
                 python=False,
-                tags=[_step, _backend.name],
+                tags=[_step.name, _backend.name],
                 default=False,
             )
-    nox.session(_step_session(_step, None), name=_step, python=False, default=False)
+    nox.session(_step_session(_step, None), name=_step.name, python=False, default=False)
+
+# The external image the image family starts from (ci/base/backend.toml `from`).
+DEBIAN_IMAGE = root_of(BACKENDS, next(iter(BACKENDS))).base_image
 
 
 @nox.session(name="bootstrap-debian", python=False, default=False)
 def bootstrap_debian(session: nox.Session) -> None:
-    """Create debian:trixie-slim locally with debootstrap (no registry needed).
+    """Create the Debian base image locally with debootstrap (no registry needed).
 
-    Options after --: --suite SUITE, --image REF, --mirror URL, --force.
+    Options after --: --image REF (default: ci/base's `from`), --suite SUITE
+    (default: from the tag), --mirror URL (default: the host's apt source), --force.
     """
     from scripts.debian import bootstrap
     from scripts.engine import connect
-    from scripts.steps import OneLineParser
 
-    parser = OneLineParser(prog="nox -s bootstrap-debian --")
-    parser.add_argument("--suite", default="trixie")
-    parser.add_argument("--image", default="debian:trixie-slim")
+    parser = OneLineParser(prog="nox -s bootstrap-debian --", allow_abbrev=False)
+    parser.add_argument("--image", default=DEBIAN_IMAGE)
+    parser.add_argument("--suite")
     parser.add_argument("--mirror", help="Debian archive URL (default: the host's apt source)")
     parser.add_argument("--force", action="store_true")
     try:
         args = parser.parse_args(session.posargs)
         bootstrap(
-            connect(), suite=args.suite, reference=args.image, mirror=args.mirror, force=args.force
+            connect(), reference=args.image, suite=args.suite, mirror=args.mirror, force=args.force
         )
     except UserError as error:
         session.error(str(error))

@@ -1,7 +1,8 @@
 """Backend declarations: ci/<name>/backend.toml read into plain data.
 
 A backend is one folder with a Dockerfile and a backend.toml; adding one
-needs no change here. See ci/README.md for the format.
+needs no change here. Every key is checked against SCHEMA, so a mistake is
+one line naming the file, the key and what was expected. See ci/README.md.
 """
 
 from __future__ import annotations
@@ -12,13 +13,88 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DeclarationError, UserError
+from .project import CI_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
-CI_DIR = ROOT / "ci"
+# kind: "services" (the default) runs as a container with services, so the
+# container steps (start, install, test, ...) apply; "image" is only built
+# and verified, like base, which the others are built on.
+IMAGE, SERVICES = "image", "services"
 
-IMAGE_STEPS = ("build", "verify", "push", "tag-dated")
-CONTAINER_STEPS = ("start", "install", "test", "print-logs", "stop")
-STEPS = IMAGE_STEPS + CONTAINER_STEPS
+# The declaration format. A type is a value's type (float also takes whole
+# numbers), a tuple is a choice of literal values, [x] a list of x, {str: x}
+# a table of any keys, and a dict of names a table with exactly those keys.
+ARGV = [str]
+CHECK = {"name": str, "command": ARGV, "user": str, "expect": str, "timeout": float}
+SCHEMA = {
+    "description": str,
+    "image": str,
+    "kind": (IMAGE, SERVICES),
+    "parent": str,
+    "from": str,
+    "build": {"args": {str: str}},
+    "run": {
+        "container_name": str,
+        "hostname": str,
+        "ports": [int],
+        "capabilities": {"needed": [str], "wanted": [str]},
+        "environment": {str: str},
+        "command": ARGV,
+        "stop_timeout": float,
+    },
+    "ready": {"timeout": float, "checks": [CHECK]},
+    "smoke": [CHECK],
+    "logs": {"status": ARGV, "files": [str]},
+    "install": {"source": [ARGV], "conformance": [ARGV]},
+    "test": {"source": [ARGV], "must_run": [str]},
+}
+CAPABILITY = re.compile(r"^[A-Z][A-Z_]*$")
+
+
+def describe(schema) -> str:
+    if schema is str:
+        return "a string"
+    if schema is int:
+        return "a whole number"
+    if schema is float:
+        return "a number"
+    if isinstance(schema, tuple):
+        return " or ".join(repr(choice) for choice in schema)
+    if isinstance(schema, list):
+        if schema == [ARGV]:
+            return "a list of commands, each a list of strings"
+        return "a list of " + {str: "strings", int: "whole numbers"}.get(schema[0], "tables")
+    return "a table"
+
+
+def validate(value, schema, where: str) -> None:
+    """Raise DeclarationError unless `value` has the shape of `schema`."""
+    if isinstance(schema, tuple):
+        ok = value in schema
+    elif isinstance(schema, list):
+        ok = isinstance(value, list)
+        if ok:
+            for index, item in enumerate(value):
+                validate(item, schema[0], f"{where}[{index}]")
+    elif isinstance(schema, dict):
+        ok = isinstance(value, dict)
+        if ok and str in schema:  # a table of any keys
+            for key, item in value.items():
+                validate(item, schema[str], f"{where}.{key}")
+        elif ok:
+            unknown = sorted(set(value) - set(schema))
+            if unknown:
+                raise DeclarationError(
+                    f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(schema)}"
+                )
+            for key, item in value.items():
+                validate(item, schema[key], f"{where}.{key}" if where else key)
+    elif schema is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, schema) and not isinstance(value, bool)
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise DeclarationError(f"{where}: expected {describe(schema)}, got {shown}")
 
 
 @dataclass(frozen=True)
@@ -43,14 +119,18 @@ class Backend:
     folder: Path
     description: str
     image: str
+    kind: str = SERVICES
     parent: str | None = None
+    base_image: str | None = None  # the external image the root backend builds FROM
     build_args: dict[str, str] = field(default_factory=dict)
     container_name: str = ""
     hostname: str = ""
     ports: tuple[int, ...] = ()
-    cap_add: tuple[str, ...] = ()
+    needed_capabilities: tuple[str, ...] = ()
+    wanted_capabilities: tuple[str, ...] = ()
     environment: dict[str, str] = field(default_factory=dict)
     command: tuple[str, ...] | None = None
+    stop_timeout: float = 10.0
     ready_timeout: float = 180.0
     ready_checks: tuple[Check, ...] = ()
     smoke: tuple[Check, ...] = ()
@@ -59,95 +139,128 @@ class Backend:
     install_source: tuple[tuple[str, ...], ...] = ()
     install_conformance: tuple[tuple[str, ...], ...] = ()
     test_source: tuple[tuple[str, ...], ...] = ()
+    must_run: tuple[str, ...] = ()
 
     @property
     def runs_services(self) -> bool:
         """Container steps (start, install, test, ...) apply to this backend."""
-        return bool(self.test_source)
+        return self.kind == SERVICES
 
     @property
     def conformance_dir(self) -> Path:
         return self.folder / "conformance"
 
-    def steps(self) -> tuple[str, ...]:
-        return STEPS if self.runs_services else IMAGE_STEPS
+    @property
+    def dockerfile(self) -> Path:
+        return self.folder / "Dockerfile"
 
 
-def _argv(value: object, where: str) -> tuple[str, ...]:
-    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-        raise DeclarationError(f"{where}: expected a non-empty list of strings, got {value!r}")
-    return tuple(value)
+def _non_empty(argv: list[str] | None, where: str) -> tuple[str, ...] | None:
+    if argv is None:
+        return None
+    if not argv or not all(argv):
+        raise DeclarationError(f"{where}: expected a non-empty command of non-empty strings")
+    return tuple(argv)
 
 
-def _argv_list(value: object, where: str) -> tuple[tuple[str, ...], ...]:
-    if not isinstance(value, list):
-        raise DeclarationError(f"{where}: expected a list of commands, got {value!r}")
-    return tuple(_argv(v, f"{where}[{i}]") for i, v in enumerate(value))
-
-
-def _check(raw: object, where: str) -> Check:
-    if not isinstance(raw, dict) or "name" not in raw or "command" not in raw:
-        raise DeclarationError(f"{where}: each check needs a name and a command")
-    unknown = set(raw) - {"name", "command", "user", "expect", "timeout"}
-    if unknown:
-        raise DeclarationError(f"{where}: unknown keys {sorted(unknown)}")
+def _check(raw: dict, where: str) -> Check:
+    for key in ("name", "command"):
+        if key not in raw:
+            raise DeclarationError(f"{where}: '{key}' is required in a check")
     expect = raw.get("expect")
     if expect is not None:
         try:
             re.compile(expect)
         except re.error as error:
-            raise DeclarationError(f"{where}: expect is not a valid regex: {error}") from None
+            raise DeclarationError(f"{where}.expect: not a valid regex: {error}") from None
+    timeout = float(raw.get("timeout", 60.0))
+    if timeout <= 0:
+        raise DeclarationError(f"{where}.timeout: expected a number of seconds > 0")
     return Check(
-        name=str(raw["name"]),
-        command=_argv(raw["command"], f"{where}.command"),
-        user=str(raw.get("user", "root")),
+        name=raw["name"],
+        command=_non_empty(raw["command"], f"{where}.command"),
+        user=raw.get("user", "root"),
         expect=expect,
-        timeout=float(raw.get("timeout", 60.0)),
+        timeout=timeout,
     )
+
+
+def _capabilities(names: list[str], where: str) -> tuple[str, ...]:
+    found = []
+    for name in names:
+        bare = name.upper().removeprefix("CAP_")
+        if not CAPABILITY.match(bare):
+            raise DeclarationError(f"{where}: {name!r} is not a capability name like SYS_ADMIN")
+        found.append(bare)
+    return tuple(found)
 
 
 def parse(name: str, folder: Path, data: dict) -> Backend:
     """Turn one backend.toml's data into a Backend, or say what is wrong."""
-    where = f"{folder / 'backend.toml'}"
+    path = folder / "backend.toml"
+    try:
+        validate(data, SCHEMA, "")
+    except DeclarationError as error:
+        raise DeclarationError(f"{path}: {error}") from None
+    where = str(path)
     for key in ("description", "image"):
-        if not isinstance(data.get(key), str):
+        if key not in data:
             raise DeclarationError(f"{where}: '{key}' (a string) is required")
-    run = data.get("run", {})
-    ready = data.get("ready", {})
-    logs = data.get("logs", {})
-    install = data.get("install", {})
-    test = data.get("test", {})
-    build_args = data.get("build", {}).get("args", {})
-    if not all(isinstance(v, str) for v in build_args.values()):
-        raise DeclarationError(f"{where}: build.args values must be strings")
-    command = run.get("command")
-    status = logs.get("status")
-    return Backend(
+    if ("parent" in data) == ("from" in data):
+        raise DeclarationError(
+            f"{where}: give either 'parent' (another backend) or 'from' (an external image)"
+        )
+    run, ready, logs = data.get("run", {}), data.get("ready", {}), data.get("logs", {})
+    install, test = data.get("install", {}), data.get("test", {})
+    capabilities = run.get("capabilities", {})
+    ports = tuple(run.get("ports", ()))
+    for port in ports:
+        if not 0 < port < 65536:
+            raise DeclarationError(f"{where}: run.ports: {port} is not a port number")
+    backend = Backend(
         name=name,
         folder=folder,
         description=data["description"],
         image=data["image"],
+        kind=data.get("kind", SERVICES),
         parent=data.get("parent"),
-        build_args=dict(build_args),
+        base_image=data.get("from"),
+        build_args=dict(data.get("build", {}).get("args", {})),
         container_name=run.get("container_name", data["image"]),
         hostname=run.get("hostname", name),
-        ports=tuple(int(p) for p in run.get("ports", ())),
-        cap_add=tuple(run.get("cap_add", ())),
-        environment={k: str(v) for k, v in run.get("environment", {}).items()},
-        command=_argv(command, f"{where} run.command") if command is not None else None,
+        ports=ports,
+        needed_capabilities=_capabilities(
+            capabilities.get("needed", []), f"{where}: run.capabilities.needed"
+        ),
+        wanted_capabilities=_capabilities(
+            capabilities.get("wanted", []), f"{where}: run.capabilities.wanted"
+        ),
+        environment=dict(run.get("environment", {})),
+        command=_non_empty(run.get("command"), f"{where}: run.command"),
+        stop_timeout=float(run.get("stop_timeout", 10.0)),
         ready_timeout=float(ready.get("timeout", 180.0)),
         ready_checks=tuple(
-            _check(c, f"{where} ready.checks[{i}]") for i, c in enumerate(ready.get("checks", ()))
+            _check(c, f"{where}: ready.checks[{i}]") for i, c in enumerate(ready.get("checks", []))
         ),
-        smoke=tuple(_check(c, f"{where} smoke[{i}]") for i, c in enumerate(data.get("smoke", ()))),
-        log_status=_argv(status, f"{where} logs.status") if status is not None else None,
+        smoke=tuple(_check(c, f"{where}: smoke[{i}]") for i, c in enumerate(data.get("smoke", []))),
+        log_status=_non_empty(logs.get("status"), f"{where}: logs.status"),
         log_files=tuple(logs.get("files", ())),
-        install_source=_argv_list(install.get("source", []), f"{where} install.source"),
-        install_conformance=_argv_list(
-            install.get("conformance", []), f"{where} install.conformance"
+        install_source=tuple(
+            _non_empty(c, f"{where}: install.source") for c in install.get("source", [])
         ),
-        test_source=_argv_list(test.get("source", []), f"{where} test.source"),
+        install_conformance=tuple(
+            _non_empty(c, f"{where}: install.conformance") for c in install.get("conformance", [])
+        ),
+        test_source=tuple(_non_empty(c, f"{where}: test.source") for c in test.get("source", [])),
+        must_run=tuple(test.get("must_run", ())),
     )
+    if backend.runs_services and not (backend.test_source and backend.ready_checks):
+        raise DeclarationError(
+            f"{where}: kind = 'services' needs [test] source and at least one [[ready.checks]]"
+        )
+    if backend.ready_timeout <= 0:
+        raise DeclarationError(f"{where}: ready.timeout: expected a number of seconds > 0")
+    return backend
 
 
 def _dependency_order(backends: dict[str, Backend]) -> list[str]:
@@ -178,8 +291,8 @@ def load_all(ci_dir: Path = CI_DIR) -> dict[str, Backend]:
     for path in sorted(ci_dir.glob("*/backend.toml")):
         try:
             data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise DeclarationError(f"{path}: {error}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise DeclarationError(f"{path}: not valid TOML: {error}") from None
         found[path.parent.name] = parse(path.parent.name, path.parent, data)
     return {name: found[name] for name in _dependency_order(found)}
 
@@ -194,9 +307,14 @@ def ancestors(backends: dict[str, Backend], name: str) -> list[Backend]:
     return chain
 
 
-def select(backends: dict[str, Backend], names: list[str], step: str) -> list[Backend]:
+def root_of(backends: dict[str, Backend], name: str) -> Backend:
+    """The backend at the top of `name`'s chain: the one built FROM an external image."""
+    return (ancestors(backends, name) or [backends[name]])[0]
+
+
+def select(backends: dict[str, Backend], names: list[str], step: str, scope: str) -> list[Backend]:
     """Backends named for `step`, or a UserError listing the valid choices."""
-    valid = [b.name for b in backends.values() if step in b.steps()]
+    valid = [b.name for b in backends.values() if scope == IMAGE or b.runs_services]
     if not names:
         raise UserError(f"'{step}' needs a backend: nox -s {step} -- <{'|'.join(valid)}>")
     for name in names:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shlex
 import tarfile
 import time
@@ -13,12 +14,23 @@ from pathlib import Path
 
 from . import log, trust
 from .backends import Backend, Check
-from .config import BACKEND_LABEL
+from .engine import first_line
 from .errors import StepFailed, UserError
 
+# Set on the containers this tool starts (images carry BACKEND_LABEL, and so
+# does every container made from them, build steps included).
+STARTED_LABEL = "io.github.dask-gateway-ci.started"
 SOURCE_MOUNT = "/working"
 CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
-POLL_SECONDS = 2.0
+# Readiness is polled from FIRST_POLL seconds, backing off to LAST_POLL: a
+# service that is up at once is seen at once, a slow one costs few execs.
+FIRST_POLL, LAST_POLL, BACKOFF = 0.1, 1.0, 1.6
+CAPS_REFUSED = re.compile(r"apply caps", re.I)
+# A line says something when it has words; "*****" or "----" does not.
+WORDY = re.compile(r"[A-Za-z]{2,}")
+TELLING = re.compile(
+    r"\b(down|error|fail\w*|refused|denied|not|cannot|can't|unable|no such|timed? ?out)\b", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -37,24 +49,62 @@ def find(client, name: str):
         return None
 
 
-def run_detached(client, backend: Backend, image: str, *, name: str, source: Path | None = None):
+def start(
+    client,
+    backend: Backend,
+    image: str,
+    *,
+    name: str,
+    source: Path | None = None,
+    ports: dict[int, int] | None = None,
+):
+    """Create and start a container; nothing is left behind when that fails.
+
+    Wanted capabilities are dropped, with a notice, when the engine cannot
+    grant them; needed ones are an error naming the capability.
+    """
+    from docker.errors import APIError
+
     volumes, environment = trust.forwarded()
     if source is not None:
         volumes[str(source)] = {"bind": SOURCE_MOUNT, "mode": "rw"}
     environment.update(backend.environment)
-    return client.containers.run(
-        image,
-        command=list(backend.command) if backend.command else None,
-        name=name,
-        hostname=backend.hostname,
-        detach=True,
-        # Only this machine may reach the test services.
-        ports={f"{port}/tcp": ("127.0.0.1", port) for port in backend.ports},
-        cap_add=list(backend.cap_add) or None,
-        environment=environment,
-        volumes=volumes,
-        labels={BACKEND_LABEL: backend.name},
-    )
+    wanted = list(backend.wanted_capabilities)
+    while True:
+        container = client.containers.create(
+            image,
+            command=list(backend.command) if backend.command else None,
+            name=name,
+            hostname=backend.hostname,
+            # Only this machine may reach the test services.
+            ports={f"{c}/tcp": ("127.0.0.1", h) for c, h in (ports or {}).items()},
+            cap_add=[*backend.needed_capabilities, *wanted] or None,
+            environment=environment,
+            volumes=volumes,
+            labels={STARTED_LABEL: backend.name},
+        )
+        try:
+            container.start()
+            return container
+        except APIError as error:
+            remove(container)
+            if not CAPS_REFUSED.search(first_line(error)):
+                raise
+            if wanted:
+                log.warn(
+                    f"this engine cannot grant {', '.join(wanted)} (wanted by {backend.name}, "
+                    "not needed); starting without"
+                )
+                wanted = []
+                continue
+            raise UserError(
+                f"this engine cannot grant {', '.join(backend.needed_capabilities)}, which "
+                f"{backend.name} needs (run.capabilities.needed in "
+                f"{backend.folder / 'backend.toml'}); use an engine that may add it"
+            ) from None
+        except BaseException:  # Ctrl-C between create and start included
+            remove(container)
+            raise
 
 
 def is_running(container, *, settle: bool = False) -> bool:
@@ -68,10 +118,15 @@ def is_running(container, *, settle: bool = False) -> bool:
     return True
 
 
+def exit_code(container) -> int | None:
+    return container.attrs.get("State", {}).get("ExitCode")
+
+
 def ensure_running(container, what: str) -> None:
     if not is_running(container):
-        code = container.attrs.get("State", {}).get("ExitCode")
-        raise StepFailed(f"the {what} container is {container.status} (exit code {code})")
+        raise StepFailed(
+            f"the {what} container is {container.status} (exit code {exit_code(container)})"
+        )
 
 
 def execute(
@@ -83,31 +138,57 @@ def execute(
     environment: dict[str, str] | None = None,
     stream: bool = False,
 ) -> Result:
-    """Run a command in the container; stream its output or capture it."""
+    """Run a command in the container; stream its output or capture it.
+
+    A streamed command runs as the leader of its own process group, and
+    Ctrl-C here stops that group inside the container (docker exec does not).
+    """
     from docker.errors import APIError
 
     api = container.client.api
+    pidfile = None
+    argv = list(command)
+    if stream:
+        pidfile = f"/tmp/dask-gateway-ci-exec-{uuid.uuid4().hex[:12]}.pid"
+        argv = ["setsid", "--wait", "sh", "-c", 'echo $$ >"$0"; exec "$@"', pidfile, *argv]
     try:
         exec_id = api.exec_create(
-            container.id, list(command), user=user, workdir=workdir, environment=environment
+            container.id, argv, user=user, workdir=workdir, environment=environment
         )["Id"]
-        chunks = api.exec_start(exec_id, stream=True)
         captured: list[str] = []
-        for chunk in chunks:
+        for chunk in api.exec_start(exec_id, stream=True):
             text = chunk.decode(errors="replace")
             if stream:
                 log.write(text)
             else:
                 captured.append(text)
-        exit_code = api.exec_inspect(exec_id).get("ExitCode")
+        code = api.exec_inspect(exec_id).get("ExitCode")
     except APIError as error:
-        raise StepFailed(
-            f"cannot run {shlex.join(command)}: {error.explanation or error}"
-        ) from None
-    if exit_code is None:  # the container went away under the command
+        raise StepFailed(f"cannot run {shlex.join(command)}: {first_line(error)}") from None
+    except KeyboardInterrupt:
+        if pidfile is not None:
+            stop_process_group(container, pidfile)
+        raise
+    finally:
+        if pidfile is not None:
+            with contextlib.suppress(Exception):
+                api.exec_start(api.exec_create(container.id, ["rm", "-f", pidfile])["Id"])
+    if code is None:  # the container went away under the command
         ensure_running(container, container.name)
-        exit_code = -1
-    return Result(exit_code, "".join(captured))
+        code = -1
+    return Result(code, "".join(captured))
+
+
+def stop_process_group(container, pidfile: str, grace: float = 5.0) -> None:
+    """TERM the process group whose leader wrote `pidfile`, then KILL what is left."""
+    script = (
+        'pid=$(cat "$0" 2>/dev/null) || exit 0; kill -TERM -- "-$pid" 2>/dev/null || exit 0; '
+        f'for _ in $(seq {int(grace * 10)}); do kill -0 -- "-$pid" 2>/dev/null || exit 0; '
+        'sleep 0.1; done; kill -KILL -- "-$pid" 2>/dev/null; exit 0'
+    )
+    with contextlib.suppress(Exception):
+        api = container.client.api
+        api.exec_start(api.exec_create(container.id, ["sh", "-c", script, pidfile])["Id"])
 
 
 def run_check(container, check: Check) -> Result:
@@ -116,36 +197,44 @@ def run_check(container, check: Check) -> Result:
     return execute(container, bounded, user=check.user)
 
 
-def wait_ready(container, backend: Backend, *, timeout: float | None = None) -> float:
+def telling_line(output: str, exit_code: int) -> str:
+    """The line of a failed check's output that says most about why."""
+    lines = [line.strip() for line in output.splitlines() if WORDY.search(line)]
+    for line in reversed(lines):
+        if TELLING.search(line):
+            return line[:200]
+    return lines[-1][:200] if lines else f"exit {exit_code}, no output"
+
+
+def wait_ready(container, backend: Backend) -> float:
     """Poll the declared checks until all pass; fail fast if the container dies."""
-    deadline = time.monotonic() + (timeout or backend.ready_timeout)
     started = time.monotonic()
+    deadline = started + backend.ready_timeout
     pending = "(no check run yet)"
-    last_report = 0.0
+    last_report = started
+    delay = FIRST_POLL
     while True:
         ensure_running(container, backend.name)
         for check in backend.ready_checks:
             result = run_check(container, check)
             if not check.matches(result.exit_code, result.output):
-                lines = result.output.strip().splitlines()
-                pending = (
-                    f"{check.name}: {lines[-1][:200] if lines else f'exit {result.exit_code}'}"
-                )
+                pending = f"{check.name}: {telling_line(result.output, result.exit_code)}"
                 break
         else:
             elapsed = time.monotonic() - started
-            log.info(f"{backend.name} is ready after {elapsed:.0f}s")
+            log.info(f"{backend.name} is ready after {elapsed:.1f}s")
             return elapsed
         now = time.monotonic()
         if now > deadline:
             raise StepFailed(
-                f"{backend.name} not ready after {timeout or backend.ready_timeout:.0f}s; "
+                f"{backend.name} not ready after {backend.ready_timeout:.0f}s; "
                 f"last failing check: {pending}"
             )
         if now - last_report >= 10:
             log.info(f"waiting for {backend.name} ({now - started:.0f}s): {pending}")
             last_report = now
-        time.sleep(POLL_SECONDS)
+        time.sleep(delay)
+        delay = min(LAST_POLL, delay * BACKOFF)
 
 
 def run_smoke(container, backend: Backend) -> None:
@@ -169,12 +258,11 @@ def _log_paths(container, pattern: str) -> list[str]:
 def print_logs(container, backend: Backend) -> None:
     """Status, then each declared log file, each under its own heading."""
     container.reload()
-    running = container.status == "running"
     with log.group(f"{backend.name}: container state"):
         state = container.attrs.get("State", {})
         log.write(f"status={state.get('Status')} exit_code={state.get('ExitCode')}\n")
         log.write(container.logs(tail=200).decode(errors="replace"))
-    if not running:
+    if container.status != "running":
         log.info(f"{backend.name} is not running: only the container output is available")
         return
     if backend.log_status:
@@ -194,6 +282,16 @@ def remove(container) -> None:
 
     with contextlib.suppress(NotFound):
         container.remove(force=True, v=True)
+
+
+def stop(container, timeout: float) -> None:
+    """SIGTERM (services shut down cleanly), at most `timeout` seconds, then remove."""
+    from docker.errors import APIError, NotFound
+
+    with contextlib.suppress(NotFound, APIError):
+        if is_running(container):
+            container.stop(timeout=int(timeout))
+    remove(container)
 
 
 def throwaway_name(backend: Backend) -> str:
@@ -221,8 +319,26 @@ def copy_tree(container, source: Path, destination: str) -> None:
         raise StepFailed(f"cannot copy {source} into the container")
 
 
-def has_source(container) -> bool:
-    return any(m.get("Destination") == SOURCE_MOUNT for m in container.attrs.get("Mounts", []))
+def read_file(container, path: str) -> bytes | None:
+    """A file's content from the container, or None when it is not there."""
+    from docker.errors import NotFound
+
+    try:
+        chunks, _ = container.get_archive(path)
+    except NotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+        member = archive.next()
+        handle = archive.extractfile(member) if member is not None else None
+        return handle.read() if handle is not None else None
+
+
+def mounted_source(container) -> str | None:
+    """The host folder mounted at /working, if any."""
+    for mount in container.attrs.get("Mounts", []):
+        if mount.get("Destination") == SOURCE_MOUNT:
+            return mount.get("Source")
+    return None
 
 
 def require_running(client, backend: Backend):

@@ -1,15 +1,45 @@
-"""The one place that connects to the Docker engine."""
+"""The one place that connects to the Docker engine, and the one boundary for its errors."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+from collections.abc import Iterator
 
-from .errors import EngineUnavailable
+from . import log
+from .errors import EngineUnavailable, UserError
 
 START_HINT = (
     "start it (Debian: `apt-get install -y docker.io && dockerd &`, "
     "or `sudo systemctl start docker`) or point DOCKER_HOST at a running engine"
+)
+
+# What an engine error usually means, and what fixes it. First match wins.
+FIXES = (
+    (
+        r"port is already allocated|address already in use",
+        "a host port is taken: free it, or move ours with --ports +N or turn them off with "
+        "--ports none (or DASK_GATEWAY_CI_PORTS)",
+    ),
+    (
+        r"unable to apply caps|apply caps",
+        "this engine cannot grant a capability the container asks for (see run.capabilities "
+        "in the backend.toml)",
+    ),
+    (r"no such image|image not known", "build it first: `nox -s build -- BACKEND`"),
+    (r"target stage .* could not be found|failed to reach build target", "see --target"),
+    (r"no space left on device", "free disk space, e.g. `docker system prune`"),
+    (
+        r"conflict.*(container name|is already in use)",
+        "a container of that name exists: `nox -s stop -- BACKEND` removes it",
+    ),
+    (r"timed out|timeout", "the engine did not answer in time; is it overloaded?"),
+    (
+        r"connection (aborted|refused|reset)|broken pipe|remote end closed",
+        f"the Docker engine stopped answering; {START_HINT}",
+    ),
 )
 
 
@@ -26,8 +56,36 @@ def connect(timeout: int = 600):
         client = docker.from_env(timeout=timeout)
         client.ping()
     except DockerException as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise EngineUnavailable(
-            f"Docker engine not reachable at {where} ({reason}); {START_HINT}"
+            f"Docker engine not reachable at {where} ({first_line(error)}); {START_HINT}"
         ) from None
     return client
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as one line: the engine's explanation when there is one."""
+    text = getattr(error, "explanation", None) or str(error) or type(error).__name__
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return " ".join(str(text).split())
+
+
+def explain(error: BaseException) -> str:
+    """One line: what the engine said, then the fix it usually needs."""
+    text = first_line(error)
+    for pattern, fix in FIXES:
+        if re.search(pattern, text, re.I):
+            return f"{text}; {fix}"
+    return text
+
+
+@contextlib.contextmanager
+def engine_errors(doing: str) -> Iterator[None]:
+    """Turn any Docker SDK or transport error raised while `doing` into one UserError line."""
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    try:
+        yield
+    except (DockerException, RequestException) as error:
+        raise UserError(log.censor(f"{doing} failed: {explain(error)}")) from None

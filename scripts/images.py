@@ -1,18 +1,29 @@
-"""Build images parent-first, with streamed output and OCI labels."""
+"""Build images parent-first, with streamed output and OCI labels.
+
+Nothing is pulled by a build: every backend is built FROM the exact local
+image ID of its parent, and the root backend FROM the local ID of its
+declared external image (pulled or bootstrapped once, beforehand).
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import log
 from .backends import Backend, ancestors
-from .config import Settings, oci_labels, provenance
+from .dockerfile import stage_names
+from .engine import first_line
 from .errors import StepFailed, UserError
+from .provenance import oci_labels, provenance
+from .settings import Settings
 
 STEP_LINE = re.compile(r"^Step \d+/\d+ : .*")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 BUILDER_CHATTER = re.compile(r"^\s*(---> |Removing intermediate container|\+ )")
+PARENT_ARG = "BASE_IMAGE"
 
 
 @dataclass
@@ -46,9 +57,10 @@ class BuildStream:
                 if STEP_LINE.match(line):
                     self.step = line
                     self.steps += 1
+                    self.tail = []  # last words are the failing step's own
                 elif line.strip() == "---> Using cache":
                     self.cached_steps += 1
-            self.tail = (self.tail + text.splitlines())[-20:]
+                self.tail = [*self.tail, line][-20:]
         aux = entry.get("aux")
         if isinstance(aux, dict) and "ID" in aux:
             self.image_id = aux["ID"]
@@ -73,33 +85,59 @@ def require_image(client, settings: Settings, backend: Backend) -> str:
     return found
 
 
+def external_image(client, backend: Backend) -> str:
+    """Local ID of the image the root backend builds FROM: here, pulled, or bootstrapped."""
+    from docker.errors import APIError
+
+    from . import debian
+
+    reference = backend.base_image
+    found = image_id(client, reference)
+    if found is not None:
+        return found
+    log.info(f"{reference} is not here; pulling it (once: builds never pull)")
+    try:
+        return client.images.pull(reference).id
+    except APIError as error:
+        reason = first_line(error)
+    if debian.can_bootstrap(reference):
+        log.info(
+            f"cannot pull {reference} ({reason}); creating it locally with debootstrap "
+            "instead, as `nox -s bootstrap-debian` does"
+        )
+        return debian.bootstrap(client, reference=reference)
+    raise UserError(
+        f"{reference} is not here and cannot be pulled ({reason}); create it with "
+        "`nox -s bootstrap-debian` (needs debootstrap, as root), or `docker load` it"
+    )
+
+
 def build_one(
     client,
     settings: Settings,
     backend: Backend,
     *,
-    parent_id: str | None,
+    parent_id: str,
     parent_folders: tuple = (),
     build_args: dict[str, str] | None = None,
     target: str | None = None,
     network_mode: str | None = None,
     nocache: bool = False,
-    tag: bool = True,
 ) -> str:
-    """Build one image from ci/<backend>/ and return its ID."""
-    args = {**backend.build_args, **(build_args or {})}
-    if parent_id is not None:
-        # The exact local image, by ID: a registry is never asked for it.
-        args["BASE_IMAGE"] = parent_id
+    """Build one image from ci/<backend>/ on `parent_id` and return its ID."""
+    # The exact local image, by ID: a registry is never asked for it.
+    args = {**backend.build_args, **(build_args or {}), PARENT_ARG: parent_id}
     reference = settings.reference(backend)
     what = f"{reference}" + (f" (target {target})" if target else "")
     stream = BuildStream()
     with log.group(f"build {what}"):
         entries = client.api.build(
             path=str(backend.folder),
-            tag=reference if tag and target is None else None,
+            tag=reference if target is None else None,
             buildargs=args,
-            labels=oci_labels(backend, provenance(settings, [backend.folder, *parent_folders])),
+            labels=oci_labels(
+                backend, provenance(settings.source, [backend.folder, *parent_folders])
+            ),
             target=target,
             network_mode=network_mode,
             nocache=nocache,
@@ -126,6 +164,31 @@ def build_one(
     return stream.image_id
 
 
+def check_build_options(
+    backend: Backend, *, build_args: dict[str, str], target: str | None, save: str | None
+) -> None:
+    """What can be wrong with a build's options, found before minutes of building."""
+    if PARENT_ARG in build_args:
+        raise UserError(
+            f"--build-arg {PARENT_ARG} is set by the build itself (the parent's local image "
+            f"ID); to build on another image change 'from' or 'parent' in "
+            f"{backend.folder / 'backend.toml'}"
+        )
+    if target is not None:
+        names = stage_names(backend.dockerfile)
+        if target not in names:
+            raise UserError(
+                f"--target {target}: {backend.dockerfile} has no such stage; stages: "
+                f"{', '.join(names) or '(none named)'}"
+            )
+    if save is not None:
+        folder = Path(save).expanduser().resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(
+                f"--save {save}: cannot write there ({folder} is not a writable folder)"
+            )
+
+
 def build_with_parents(
     client,
     settings: Settings,
@@ -140,7 +203,7 @@ def build_with_parents(
 
     `built` remembers IDs within one run, so `nox -t build` builds base once.
     """
-    parent_id = None
+    parent_id: str | None = None
     folders: tuple = ()
     for ancestor in ancestors(backends, backend.name):
         if ancestor.name in built:
@@ -151,7 +214,7 @@ def build_with_parents(
                 client,
                 settings,
                 ancestor,
-                parent_id=parent_id,
+                parent_id=parent_id or external_image(client, ancestor),
                 parent_folders=folders,
                 network_mode=options.get("network_mode"),
                 nocache=options.get("nocache", False),
@@ -161,6 +224,7 @@ def build_with_parents(
             parent_id = require_image(client, settings, ancestor)
             log.info(f"using local {settings.reference(ancestor)} ({parent_id[:19]})")
         folders = (*folders, ancestor.folder)
+    parent_id = parent_id or external_image(client, backend)
     image = build_one(
         client, settings, backend, parent_id=parent_id, parent_folders=folders, **options
     )
@@ -172,14 +236,17 @@ def build_with_parents(
 def save_archive(client, reference: str, path: str) -> None:
     """`docker save` one tagged image to a tar file (for another machine or job)."""
     image = client.images.get(reference)
-    with open(path, "wb") as archive:
-        for chunk in image.save(named=reference):
-            archive.write(chunk)
+    try:
+        with open(path, "wb") as archive:
+            for chunk in image.save(named=reference):
+                archive.write(chunk)
+    except OSError as error:
+        raise UserError(f"cannot write image archive {path}: {error.strerror}") from None
     log.info(f"saved {reference} ({image.id[:19]}) to {path}")
 
 
-def load_archive(client, path: str) -> list[str]:
-    """`docker load` a tar written by save_archive; returns the tags it restored."""
+def load_archive(client, path: str, expected: str) -> None:
+    """`docker load` a tar written by save_archive; it must restore `expected`."""
     from docker.errors import APIError
 
     try:
@@ -188,7 +255,14 @@ def load_archive(client, path: str) -> list[str]:
     except OSError as error:
         raise UserError(f"cannot read image archive {path}: {error.strerror}") from None
     except APIError as error:
-        raise StepFailed(f"docker load of {path} failed: {error.explanation or error}") from None
+        raise UserError(
+            f"{path} is not an image archive (docker load: {first_line(error)}); "
+            "write one with `nox -s build -- BACKEND --save FILE`"
+        ) from None
     tags = [tag for image in loaded for tag in image.tags]
-    log.info(f"loaded {', '.join(tags) or 'an untagged image'} from {path}")
-    return tags
+    if expected not in tags:
+        raise UserError(
+            f"{path} holds {', '.join(tags) or 'no tagged image'}, not {expected}; "
+            "write it with `--save` from the same owner and registry settings"
+        )
+    log.info(f"loaded {', '.join(tags)} from {path}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .backends import ROOT
+from .project import CI_DIR, ROOT, WORKFLOW_DIR
 
 
 def shell_scripts() -> list[str]:
     """Every tracked-looking shell script: *.sh, .ci/run, bash/sh shebangs."""
     found = {ROOT / ".ci" / "run"}
-    for path in (ROOT / "ci").rglob("*"):
+    for path in CI_DIR.rglob("*"):
         if not path.is_file() or "conformance" in path.parts:
             continue
         if path.suffix == ".sh":
@@ -26,12 +26,10 @@ def shell_scripts() -> list[str]:
 def run_linters(session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    dockerfiles = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ci").glob("*/Dockerfile"))
+    dockerfiles = sorted(str(p.relative_to(ROOT)) for p in CI_DIR.glob("*/Dockerfile"))
     session.run("hadolint", *dockerfiles)
     session.run("shellcheck", *shell_scripts())
-    workflows = sorted(
-        str(p.relative_to(ROOT)) for p in (ROOT / ".github/workflows").glob("*.y*ml")
-    )
+    workflows = sorted(str(p.relative_to(ROOT)) for p in WORKFLOW_DIR.glob("*.y*ml"))
     if workflows:
         session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
         session.run("zizmor", "--offline", *workflows)

@@ -9,11 +9,14 @@ from collections.abc import Iterator
 
 _secrets: set[str] = set()
 CENSORED = "********"
+# Shorter values would be found inside ordinary words and garble every
+# message; they are never printed by this tool in the first place.
+MIN_SECRET_LENGTH = 4
 
 
 def add_secret(value: str | None) -> None:
     """Never print `value` again, whatever message carries it."""
-    if value:
+    if value and len(value) >= MIN_SECRET_LENGTH:
         _secrets.add(value)
 
 
@@ -25,6 +28,11 @@ def censor(text: str) -> str:
 
 def info(message: str) -> None:
     print(censor(message), file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    prefix = "::warning::" if in_github_actions() else "warning: "
+    info(prefix + message)
 
 
 def write(text: str) -> None:

@@ -7,7 +7,18 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .config import state_dir
+from .errors import UserError
+
+STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"
+
+
+def state_dir(environ: dict[str, str] | None = None) -> Path:
+    """$DASK_GATEWAY_CI_STATE_DIR, else $XDG_STATE_HOME/dask-gateway-ci."""
+    environ = os.environ if environ is None else environ
+    if environ.get(STATE_VARIABLE):
+        return Path(environ[STATE_VARIABLE])
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dask-gateway-ci"
 
 
 def _path() -> Path:
@@ -29,11 +40,17 @@ def record_verified(image_id: str, backend: str, seconds: float) -> None:
         "seconds": round(seconds, 1),
     }
     path = _path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: an interrupted run never leaves a half-written file.
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(entries, indent=2, sort_keys=True))
-    temporary.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: an interrupted run never leaves a half-written file.
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(entries, indent=2, sort_keys=True))
+        temporary.replace(path)
+    except OSError as error:
+        raise UserError(
+            f"cannot record the verified image in {path.parent} ({error.strerror}); "
+            f"point {STATE_VARIABLE} at a writable directory"
+        ) from None
 
 
 def verification(image_id: str) -> dict | None:

@@ -1,7 +1,10 @@
-"""The steps behind the nox sessions: one function per verb.
+"""The steps behind the nox sessions: one registry, one function per verb.
 
-Every function takes a Context and one Backend. Anything the user can fix
-is raised as UserError, which the noxfile turns into one line.
+Each step is registered with `@step(...)`: its name, the line `nox -l`
+shows, whether it applies to every image or only to backends that run
+services, and its options. The noxfile makes the sessions from STEPS.
+Anything the user can fix is raised as UserError, which the noxfile turns
+into one line.
 """
 
 from __future__ import annotations
@@ -10,19 +13,32 @@ import argparse
 import os
 import shlex
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import containers, log, state, summary
-from .backends import Backend, ancestors, load_all, select
-from .config import Settings, load_settings
-from .engine import connect
+from . import containers, log, ports, publish, state, summary
+from .backends import IMAGE, SERVICES, Backend, ancestors, load_all, select
+from .engine import connect, engine_errors
 from .errors import StepFailed, UserError
-from .images import build_with_parents, load_archive, require_image, save_archive
+from .images import (
+    build_with_parents,
+    check_build_options,
+    load_archive,
+    require_image,
+    save_archive,
+)
+from .pytest_report import idle_modules
+from .settings import LATEST, Settings, load_settings
+
+SOURCE_VARIABLE = "DASK_GATEWAY_SOURCE"
 
 
 @dataclass
 class Context:
+    """What one session run knows: the declarations, settings, options, engine."""
+
     backends: dict[str, Backend]
     settings: Settings
     options: argparse.Namespace
@@ -37,35 +53,131 @@ class Context:
         return self._client
 
 
+@dataclass(frozen=True)
+class Option:
+    flags: tuple[str, ...]
+    settings: dict
+
+
+def option(*flags: str, **settings) -> Option:
+    return Option(flags, settings)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    summary: str  # "{backend}" stands for the backend's name
+    scope: str  # IMAGE: every backend; SERVICES: backends that run services
+    function: Callable[[Context, Backend], None]
+    options: tuple[Option, ...] = ()
+    # Arguments it does not know go to the backend's test command (pytest).
+    passthrough: bool = False
+
+    def describe(self, backend: str | None) -> str:
+        if backend is not None:
+            return self.summary.format(backend=backend) + "."
+        return self.summary.format(backend="BACKEND") + f"; nox -s {self.name} -- BACKEND..."
+
+    def parser(self) -> argparse.ArgumentParser:
+        parser = OneLineParser(prog=f"nox -s {self.name} --", add_help=False, allow_abbrev=False)
+        for item in self.options:
+            parser.add_argument(*item.flags, **item.settings)
+        return parser
+
+    def parse(self, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+        if self.passthrough:
+            return self.parser().parse_known_args(args)
+        return self.parser().parse_args(args), []
+
+
+STEPS: dict[str, Step] = {}
+
+
+def step(name: str, summary: str, *, scope: str, options=(), passthrough: bool = False):
+    """Register the decorated function as the step `name` (listing order = definition order)."""
+
+    def register(function: Callable[[Context, Backend], None]):
+        STEPS[name] = Step(name, summary, scope, function, tuple(options), passthrough)
+        return function
+
+    return register
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump, no SystemExit
+        raise UserError(f"{self.prog}: {message}")
+
+
+SOURCE_OPTION = option("--source", help=f"dask-gateway checkout (default ${SOURCE_VARIABLE})")
+PORTS_OPTION = option(
+    "--ports", help=f"none, or +N to move the host ports (default ${ports.PORTS_VARIABLE})"
+)
+PUBLISH_OPTIONS = (
+    option("--dry-run", action="store_true", help="say what would be pushed; touch nothing"),
+    option("--allow-unverified", action="store_true", help="publish without a passed verify"),
+)
+
+
 # -- image steps ---------------------------------------------------------------
 
 
+@step(
+    "build",
+    "Build the {backend} image, parents first",
+    scope=IMAGE,
+    options=(
+        option("--build-arg", action="append", default=[], metavar="KEY=VALUE"),
+        option("--target", help="build only this Dockerfile stage (not tagged)"),
+        option("--network", help="network mode of RUN steps, e.g. host"),
+        option("--no-cache", action="store_true"),
+        option(
+            "--no-parent-build",
+            action="store_true",
+            help="use the parent image already here instead of building it",
+        ),
+        option("--load-parent", metavar="TAR", help="docker load the parent from TAR, build on it"),
+        option("--save", metavar="TAR", help="docker save the built image to TAR"),
+    ),
+)
 def build(ctx: Context, backend: Backend) -> None:
-    build_args = dict(_key_value(item) for item in ctx.options.build_arg)
-    if ctx.options.load_parent:
-        load_archive(ctx.client, ctx.options.load_parent)
+    o = ctx.options
+    build_args = dict(_key_value(item) for item in o.build_arg)
+    check_build_options(backend, build_args=build_args, target=o.target, save=o.save)
+    if o.save and o.target:
+        raise UserError("--save needs the whole image; it cannot be combined with --target")
+    if o.load_parent:
+        if backend.parent is None:
+            raise UserError(f"--load-parent: {backend.name} has no parent to load")
+        parent = ctx.backends[backend.parent]
+        load_archive(ctx.client, o.load_parent, ctx.settings.reference(parent))
     build_with_parents(
         ctx.client,
         ctx.settings,
         ctx.backends,
         backend,
         built=ctx.built,
-        build_parents=not (ctx.options.no_parent_build or ctx.options.load_parent),
+        build_parents=not (o.no_parent_build or o.load_parent),
         build_args=build_args,
-        target=ctx.options.target,
-        network_mode=ctx.options.network,
-        nocache=ctx.options.no_cache,
+        target=o.target,
+        network_mode=o.network,
+        nocache=o.no_cache,
     )
-    if ctx.options.save:
-        save_archive(ctx.client, ctx.settings.reference(backend), ctx.options.save)
+    if o.save:
+        save_archive(ctx.client, ctx.settings.reference(backend), o.save)
 
 
+@step(
+    "verify",
+    "Check the {backend} image against the contract in a throwaway container",
+    scope=IMAGE,
+)
 def verify(ctx: Context, backend: Backend) -> None:
     image = require_image(ctx.client, ctx.settings, backend)
     reference = ctx.settings.reference(backend)
     started = time.monotonic()
-    container = containers.run_detached(
-        ctx.client, backend, image, name=containers.throwaway_name(backend)
+    # No host ports: the checks run inside, and a started container may hold them.
+    container = containers.start(
+        ctx.client, backend, image, name=containers.throwaway_name(backend), ports={}
     )
     try:
         with log.group(f"verify {reference}"):
@@ -81,67 +193,121 @@ def verify(ctx: Context, backend: Backend) -> None:
     state.record_verified(image, backend.name, seconds)
     size = ctx.client.images.get(image).attrs.get("Size")
     summary.record_image(
-        reference, tags=["latest"], size=size, verify_seconds=seconds, result="verified"
+        reference, tags=[LATEST], size=size, verify_seconds=seconds, result="verified"
     )
     log.info(f"verified {reference} ({image[:19]}) in {seconds:.0f}s")
 
 
+@step(
+    "push",
+    "Push the {backend} image (verified images only; --dry-run)",
+    scope=IMAGE,
+    options=(
+        option("--tag", action="append", default=[], dest="tags", help="push this tag too"),
+        *PUBLISH_OPTIONS,
+    ),
+)
 def push(ctx: Context, backend: Backend) -> None:
-    from .publish import push_image
+    o = ctx.options
+    publish.push_image(
+        ctx.client,
+        ctx.settings,
+        backend,
+        tags=o.tags,
+        dry_run=o.dry_run,
+        allow_unverified=o.allow_unverified,
+    )
 
-    push_image(ctx, backend)
 
-
+@step(
+    "tag-dated",
+    "Tag the {backend} image with today's UTC date and push it (--dry-run)",
+    scope=IMAGE,
+    options=(
+        option("--date", help="YYYY-MM-DD instead of today (UTC)"),
+        option("--force-date", action="store_true", help="allow --date more than a day ahead"),
+        option("--suffix", default="", help="N for YYYY-MM-DD.N, or auto: the next free one"),
+        *PUBLISH_OPTIONS,
+    ),
+)
 def tag_dated(ctx: Context, backend: Backend) -> None:
-    from .publish import tag_dated_image
-
-    tag_dated_image(ctx, backend)
+    o = ctx.options
+    publish.tag_dated_image(
+        ctx.client,
+        ctx.settings,
+        backend,
+        day=o.date,
+        suffix=o.suffix,
+        force_date=o.force_date,
+        dry_run=o.dry_run,
+        allow_unverified=o.allow_unverified,
+    )
 
 
 # -- container steps -----------------------------------------------------------
 
 
+@step(
+    "start",
+    "Start the {backend} container, wait until ready (--source DIR, --ports)",
+    scope=SERVICES,
+    options=(SOURCE_OPTION, PORTS_OPTION),
+)
 def start(ctx: Context, backend: Backend) -> None:
+    client, name = ctx.client, backend.container_name
     source = _source_dir(ctx.options.source)
-    existing = containers.find(ctx.client, backend.container_name)
+    planned = ports.plan(backend.ports, ctx.options.ports)
+    existing = containers.find(client, name)
     if existing is not None and existing.status == "running":
-        mounted = containers.has_source(existing)
-        if source is not None and not mounted:
+        mounted = containers.mounted_source(existing)
+        if source is not None and mounted != str(source):
             raise UserError(
-                f"{backend.container_name} is running without a source mount; "
-                f"run `nox -s stop -- {backend.name}` first to start it with --source"
+                f"{name} is running with {mounted or 'no checkout'} at {containers.SOURCE_MOUNT}, "
+                f"not {source}; to switch, `nox -s stop -- {backend.name}` and start it again"
             )
-        log.info(f"{backend.container_name} is already running")
-        containers.wait_ready(existing, backend)
+        log.info(f"{name} is already running" + (f" with {mounted}" if mounted else ""))
+        _wait_ready_or_show_logs(existing, backend)
         return
     if existing is not None:
         # Its last words go to the log before it goes: nothing is lost silently.
-        code = existing.attrs.get("State", {}).get("ExitCode")
-        with log.group(f"{backend.container_name} had stopped (exit code {code}); its last output"):
+        with log.group(
+            f"{name} had stopped (exit code {containers.exit_code(existing)}); its last output"
+        ):
             log.write(existing.logs(tail=20).decode(errors="replace"))
-        log.info(f"removing stopped container {backend.container_name}")
+        log.info(f"removing stopped container {name}")
         containers.remove(existing)
-    image = require_image(ctx.client, ctx.settings, backend)
+    ports.check_free(client, planned, "--ports")
+    image = require_image(client, ctx.settings, backend)
     log.info(
-        f"starting {backend.container_name} from {ctx.settings.reference(backend)}"
+        f"starting {name} from {ctx.settings.reference(backend)}"
         + (f" with {source} at {containers.SOURCE_MOUNT}" if source else "")
     )
-    container = containers.run_detached(
-        ctx.client, backend, image, name=backend.container_name, source=source
-    )
     try:
-        containers.wait_ready(container, backend)
+        container = containers.start(
+            client, backend, image, name=name, source=source, ports=planned
+        )
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted: {name} was not started") from None
+    try:
+        _wait_ready_or_show_logs(container, backend)
     except StepFailed as error:
-        containers.print_logs(container, backend)
         raise StepFailed(
             f"{error}; container left for inspection, remove it with "
             f"`nox -s stop -- {backend.name}`"
         ) from None
+    except KeyboardInterrupt:
+        containers.remove(container)
+        raise UserError(f"interrupted: removed the half-started {name}") from None
 
 
+@step(
+    "install",
+    "Install test requirements in the running {backend} container, as root",
+    scope=SERVICES,
+)
 def install(ctx: Context, backend: Backend) -> None:
     container = containers.require_running(ctx.client, backend)
-    if containers.has_source(container):
+    if containers.mounted_source(container):
         commands, workdir = backend.install_source, containers.SOURCE_MOUNT
     else:
         commands, workdir = backend.install_conformance, "/"
@@ -149,18 +315,17 @@ def install(ctx: Context, backend: Backend) -> None:
         _run_in(container, backend, command, user="root", workdir=workdir, step="install")
 
 
+@step(
+    "test",
+    "Run tests in the running {backend} container as dask (extra args to pytest)",
+    scope=SERVICES,
+    passthrough=True,
+)
 def test(ctx: Context, backend: Backend) -> None:
     container = containers.require_running(ctx.client, backend)
-    if containers.has_source(container):
+    if containers.mounted_source(container):
         for command in backend.test_source:
-            _run_in(
-                container,
-                backend,
-                (*command, *ctx.extra),
-                user="dask",
-                workdir=containers.SOURCE_MOUNT,
-                step="test",
-            )
+            _run_tests(container, backend, (*command, *ctx.extra))
         return
     probe = containers.execute(container, ("python", "-m", "pytest", "--version"), user="dask")
     if probe.exit_code != 0:
@@ -186,6 +351,7 @@ def test(ctx: Context, backend: Backend) -> None:
     )
 
 
+@step("print-logs", "Print service status and logs of the {backend} container", scope=SERVICES)
 def print_logs(ctx: Context, backend: Backend) -> None:
     container = containers.find(ctx.client, backend.container_name)
     if container is None:
@@ -196,34 +362,105 @@ def print_logs(ctx: Context, backend: Backend) -> None:
     containers.print_logs(container, backend)
 
 
+@step("stop", "Stop and remove the {backend} container", scope=SERVICES)
 def stop(ctx: Context, backend: Backend) -> None:
     container = containers.find(ctx.client, backend.container_name)
     if container is None:
         log.info(f"no {backend.container_name} container; nothing to stop")
         return
-    containers.remove(container)
+    containers.stop(container, backend.stop_timeout)
     log.info(f"stopped and removed {backend.container_name}")
+
+
+@step(
+    "cycle",
+    "Start, install, test the {backend} container; logs on failure; always stop",
+    scope=SERVICES,
+    options=(SOURCE_OPTION, PORTS_OPTION),
+    passthrough=True,
+)
+def cycle(ctx: Context, backend: Backend) -> None:
+    existing = containers.find(ctx.client, backend.container_name)
+    if existing is not None:
+        raise UserError(
+            f"{backend.container_name} exists already; cycle starts and removes its own: "
+            f"`nox -s stop -- {backend.name}` first, or use start/install/test"
+        )
+    try:
+        start(ctx, backend)  # shows the logs itself when the services do not come up
+        try:
+            install(ctx, backend)
+            test(ctx, backend)
+        except UserError:
+            print_logs(ctx, backend)
+            raise
+    finally:
+        stop(ctx, backend)
 
 
 # -- helpers -------------------------------------------------------------------
 
 
-def _run_in(container, backend, command, *, user, workdir, step, environment=None) -> None:
+def _wait_ready_or_show_logs(container, backend: Backend) -> None:
+    try:
+        containers.wait_ready(container, backend)
+    except StepFailed:
+        containers.print_logs(container, backend)
+        raise
+
+
+def _run_in(container, backend, command, *, user, workdir, step, environment=None) -> int:
     log.info(f"[{backend.name}] {user}@{workdir}$ {shlex.join(command)}")
-    result = containers.execute(
-        container, command, user=user, workdir=workdir, environment=environment, stream=True
-    )
+    try:
+        result = containers.execute(
+            container, command, user=user, workdir=workdir, environment=environment, stream=True
+        )
+    except KeyboardInterrupt:
+        raise UserError(
+            f"interrupted: stopped `{shlex.join(command)}` in the {backend.name} container"
+        ) from None
     if result.exit_code == 0:
-        return
+        return 0
     # Killed by a signal? The engine may need a moment to report the container gone.
     if not containers.is_running(container, settle=result.exit_code < 0 or result.exit_code > 128):
-        code = container.attrs.get("State", {}).get("ExitCode")
         raise StepFailed(
-            f"the {backend.name} container stopped during {step} (exit code {code}); "
-            f"see `nox -s print-logs -- {backend.name}`, clean up with "
-            f"`nox -s stop -- {backend.name}`"
+            f"the {backend.name} container stopped during {step} (exit code "
+            f"{containers.exit_code(container)}); see `nox -s print-logs -- {backend.name}`, "
+            f"clean up with `nox -s stop -- {backend.name}`"
         )
     raise StepFailed(f"{step} failed: `{shlex.join(command)}` exited with code {result.exit_code}")
+
+
+def _run_tests(container, backend: Backend, command: tuple[str, ...]) -> None:
+    """The backend's tests; with `must_run`, a module that executed no test is a failure."""
+    if not backend.must_run:
+        _run_in(
+            container, backend, command, user="dask", workdir=containers.SOURCE_MOUNT, step="test"
+        )
+        return
+    report = f"/tmp/dask-gateway-ci-junit-{uuid.uuid4().hex[:12]}.xml"
+    try:
+        _run_in(
+            container,
+            backend,
+            (*command, f"--junitxml={report}"),
+            user="dask",
+            workdir=containers.SOURCE_MOUNT,
+            step="test",
+        )
+        failure = None
+    except StepFailed as error:
+        failure = error
+    text = containers.read_file(container, report)
+    containers.execute(container, ["rm", "-f", report])
+    idle = idle_modules(text.decode(errors="replace"), backend.must_run) if text else []
+    if idle:
+        raise StepFailed(
+            f"test tested nothing of {backend.name}: {'; '.join(idle)}"
+            + (f" ({failure})" if failure else "")
+        )
+    if failure is not None:
+        raise failure
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -234,86 +471,46 @@ def _key_value(item: str) -> tuple[str, str]:
 
 
 def _source_dir(option: str | None) -> Path | None:
-    value = option or os.environ.get("DASK_GATEWAY_SOURCE")
+    value = option or os.environ.get(SOURCE_VARIABLE)
     if not value:
         return None
+    where = "--source" if option else SOURCE_VARIABLE
     path = Path(value).expanduser().resolve()
     if not path.is_dir():
-        raise UserError(f"--source {value}: not a directory (a dask-gateway checkout is expected)")
+        raise UserError(f"{where} {value}: not a directory (a dask-gateway checkout is expected)")
+    if not (path / "tests").is_dir():
+        raise UserError(
+            f"{where} {value}: no tests/ folder there; give the root of a dask-gateway checkout"
+        )
     return path
 
 
-STEP_FUNCTIONS = {
-    "build": build,
-    "verify": verify,
-    "push": push,
-    "tag-dated": tag_dated,
-    "start": start,
-    "install": install,
-    "test": test,
-    "print-logs": print_logs,
-    "stop": stop,
-}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump, no SystemExit
-        raise UserError(f"{self.prog}: {message}")
-
-
-def option_parser(step: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=f"nox -s {step} --", add_help=False)
-    if step == "build":
-        parser.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
-        parser.add_argument("--target", help="build only this Dockerfile stage (not tagged)")
-        parser.add_argument("--network", help="network mode of RUN steps, e.g. host")
-        parser.add_argument("--no-cache", action="store_true")
-        parser.add_argument(
-            "--no-parent-build",
-            action="store_true",
-            help="use the parent image already here instead of building it",
-        )
-        parser.add_argument(
-            "--load-parent",
-            metavar="TAR",
-            help="docker load the parent image from TAR first, and build on it",
-        )
-        parser.add_argument("--save", metavar="TAR", help="docker save the built image to TAR")
-    elif step == "start":
-        parser.add_argument("--source", help="dask-gateway checkout (default $DASK_GATEWAY_SOURCE)")
-    elif step in ("push", "tag-dated"):
-        parser.add_argument("--dry-run", action="store_true")
-        parser.add_argument("--allow-unverified", action="store_true")
-        if step == "push":
-            parser.add_argument("--tag", action="append", default=[], dest="tags")
-        else:
-            parser.add_argument("--suffix", default="")
-            parser.add_argument("--date", help="YYYY-MM-DD instead of today (UTC)")
-    return parser
-
-
-def split_posargs(step: str, posargs: list[str], fixed: str | None) -> tuple[list[str], list[str]]:
-    """Backend names first, then the step's own options (or pytest's, for test)."""
+def split_posargs(step: Step, posargs: list[str], fixed: str | None) -> tuple[list[str], list[str]]:
+    """Backend names first, then the step's own options (and pytest's, where it passes them)."""
     if fixed is not None:
         return [fixed], list(posargs)
     names: list[str] = []
     rest = list(posargs)
     while rest and not rest[0].startswith("-"):
         names.append(rest.pop(0))
-        if step == "test":  # everything after the backend goes to pytest
+        if step.passthrough:  # what follows the backend may be pytest's
             break
     return names, rest
 
 
-def run(step: str, posargs: list[str], fixed: str | None = None) -> None:
+def run(name: str, posargs: list[str], fixed: str | None = None) -> None:
     """Entry point of every step session."""
+    step_ = STEPS[name]
     backends = load_all()
-    names, rest = split_posargs(step, posargs, fixed)
-    selected = select(backends, names, step)
-    if step == "test":
-        options, extra = argparse.Namespace(), rest
-    else:
-        options, extra = option_parser(step).parse_args(rest), []
+    names, rest = split_posargs(step_, posargs, fixed)
+    selected = select(backends, names, name, step_.scope)
+    options, extra = step_.parse(rest)
     ctx = Context(backends=backends, settings=load_settings(), options=options, extra=extra)
     for backend in selected:
-        STEP_FUNCTIONS[step](ctx, backend)
+        try:
+            with engine_errors(f"{name} {backend.name}"):
+                step_.function(ctx, backend)
+        except KeyboardInterrupt:
+            raise UserError(f"{name} {backend.name}: interrupted") from None
+        except OSError as error:
+            raise UserError(f"{name} {backend.name}: {error}") from None

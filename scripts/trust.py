@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from . import log
+from .errors import UserError
+
+BUNDLE_VARIABLE = "DASK_GATEWAY_CI_CA_BUNDLE"
 CONTAINER_CA_BUNDLE = "/etc/dask-gateway-ci/host-ca-bundle.crt"
 CA_BUNDLE_VARIABLES = (
     "SSL_CERT_FILE",
@@ -38,14 +43,35 @@ DEFAULT_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-
 
 def host_ca_bundle(environ: dict[str, str]) -> Path | None:
     """DASK_GATEWAY_CI_CA_BUNDLE (empty: none), else what the host already trusts."""
-    if "DASK_GATEWAY_CI_CA_BUNDLE" in environ:
-        chosen = environ["DASK_GATEWAY_CI_CA_BUNDLE"]
-        return Path(chosen) if chosen else None
+    if BUNDLE_VARIABLE in environ:
+        chosen = environ[BUNDLE_VARIABLE]
+        if not chosen:
+            return None
+        if not Path(chosen).is_file():
+            # Docker would create an empty directory at a missing host path.
+            raise UserError(
+                f"{BUNDLE_VARIABLE}={chosen}: no such file; point it at a PEM bundle, "
+                f"or set {BUNDLE_VARIABLE}= (empty) to forward no CA"
+            )
+        return Path(chosen).resolve()
     candidates = [environ.get(name, "") for name in CA_BUNDLE_VARIABLES[:4]]
     for candidate in [*candidates, *DEFAULT_BUNDLES]:
         if candidate and Path(candidate).is_file():
             return Path(candidate).resolve()
     return None
+
+
+def _hide_credentials(value: str) -> None:
+    """A URL's password (and user:password) never shows in our output."""
+    for part in value.split():
+        try:
+            parsed = urlsplit(part)
+            password = parsed.password
+        except ValueError:
+            continue
+        if password:
+            log.add_secret(password)
+            log.add_secret(f"{parsed.username}:{password}")
 
 
 def forwarded(environ: dict[str, str] | None = None) -> tuple[dict, dict[str, str]]:
@@ -61,5 +87,6 @@ def forwarded(environ: dict[str, str] | None = None) -> tuple[dict, dict[str, st
         value = environ.get(name)
         # A file: index exists on the host only; inside it would break pip.
         if value and "file:" not in value:
+            _hide_credentials(value)
             env[name] = value
     return volumes, env

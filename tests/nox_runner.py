@@ -56,3 +56,10 @@ def aborted_line(run: Run) -> str:
     hits = [line for line in run.lines if " aborted: " in line or " failed: " in line]
     assert hits, run.output
     return hits[-1]
+
+
+def our_containers(engine) -> set[str]:
+    """Names of every container this project's sessions started, in any state."""
+    from scripts.containers import STARTED_LABEL
+
+    return {c.name for c in engine.containers.list(all=True, filters={"label": STARTED_LABEL})}

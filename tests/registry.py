@@ -148,3 +148,93 @@ class LocalRegistry:
         if not self.log_path.exists():
             return 0
         return len(ACCESS_LINE.findall(self.log_path.read_text()))
+
+
+class DenyingLookups:
+    """A proxy in front of a LocalRegistry that refuses manifest look-ups, as ghcr.io does.
+
+    ghcr.io answers `denied` to a token that may push a package but not read
+    it yet (every package before its first push). Pushes pass through; a
+    GET/HEAD of /v2/<name>/manifests/<ref> gets 403 DENIED. Docker treats
+    127.0.0.1:<port> as an allowed insecure registry, like the real one.
+    """
+
+    MANIFEST = re.compile(r"^/v2/.+/manifests/[^/]+$")
+    HOP_BY_HOP = frozenset({"connection", "transfer-encoding", "keep-alive", "content-length"})
+
+    def __init__(self, upstream: LocalRegistry):
+        import http.server
+        import threading
+
+        self.upstream = upstream
+        self.denied = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args):  # quiet test output
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _relay(self) -> None:
+                import http.client
+
+                body = self._body()
+                if self.command in ("GET", "HEAD") and proxy.MANIFEST.match(
+                    self.path.split("?")[0]
+                ):
+                    proxy.denied += 1
+                    answer = (
+                        b'{"errors":[{"code":"DENIED","message":'
+                        b'"requested access to the resource is denied"}]}'
+                    )
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    if self.command == "GET":
+                        self.wfile.write(answer)
+                    return
+                connection = http.client.HTTPConnection(proxy.upstream.address, timeout=60)
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in proxy.HOP_BY_HOP
+                }
+                headers["Content-Length"] = str(len(body))
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in proxy.HOP_BY_HOP:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                connection.close()
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> DenyingLookups:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from scripts import backends
+from scripts.dockerfile import (
+    all_arg_defaults,
+    arg_defaults,
+    env_values,
+    instructions,
+    stage_names,
+    stages,
+)
 from scripts.errors import DeclarationError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "ci"
 ALL = backends.load_all()
-SERVICES = ("slurm", "pbs", "hadoop")
+# Every backend that runs services, from the declarations; the contract below
+# must cover each of them.
+SERVICES = tuple(name for name, backend in ALL.items() if backend.runs_services)
 
 # IMAGE-CONTRACT.md, per backend.
 CONTRACT = {
@@ -53,79 +62,6 @@ DOWNLOADS = {
 }
 
 
-# -- a small Dockerfile reader ---------------------------------------------------
-
-
-@dataclass
-class Instruction:
-    keyword: str
-    value: str
-    line: int
-
-
-def instructions(dockerfile: Path) -> list[Instruction]:
-    """Instructions with continuation lines joined and comments dropped."""
-    result: list[Instruction] = []
-    pending: list[str] = []
-    start = 0
-    for number, raw in enumerate(dockerfile.read_text().splitlines(), 1):
-        stripped = raw.strip()
-        if stripped.startswith("#") or (not stripped and not pending):
-            continue  # comments, also those inside a continued instruction
-        if not pending:
-            start = number
-        if stripped.endswith("\\"):
-            pending.append(stripped[:-1])
-            continue
-        pending.append(stripped)
-        text = " ".join(part.strip() for part in pending if part.strip())
-        pending = []
-        keyword, _, value = text.partition(" ")
-        result.append(Instruction(keyword.upper(), value.strip(), start))
-    assert not pending, f"{dockerfile}: file ends inside a continued instruction"
-    return result
-
-
-def stages(dockerfile: Path) -> dict[str, list[Instruction]]:
-    """Instructions per stage, by stage name ("" for the global ARGs, #N unnamed)."""
-    result: dict[str, list[Instruction]] = {"": []}
-    current = ""
-    for instruction in instructions(dockerfile):
-        if instruction.keyword == "FROM":
-            words = instruction.value.split()
-            if len(words) == 3 and words[1].lower() == "as":
-                current = words[2]
-            else:
-                current = f"#{len(result)}"
-            result[current] = []
-        result[current].append(instruction)
-    return result
-
-
-def arg_defaults(items: list[Instruction]) -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for instruction in items:
-        if instruction.keyword == "ARG":
-            name, sep, default = instruction.value.partition("=")
-            found[name] = default if sep else None
-    return found
-
-
-def env_values(dockerfile: Path) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for instruction in instructions(dockerfile):
-        if instruction.keyword == "ENV":
-            for word in shlex.split(instruction.value):
-                key, sep, value = word.partition("=")
-                assert sep, f"{dockerfile}:{instruction.line}: ENV without '=': {word!r}"
-                found[key] = value
-    return found
-
-
-def expand(value: str, args: dict[str, str | None]) -> str:
-    return re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1)) or m.group(0), value)
-
-
 def test_dockerfile_reader_joins_continuations_and_drops_comments(tmp_path):
     path = tmp_path / "Dockerfile"
     path.write_text(
@@ -143,14 +79,16 @@ def test_dockerfile_reader_joins_continuations_and_drops_comments(tmp_path):
     assert arg_defaults(found[""]) == {"A": "1"}
     assert env_values(path) == {"B": "2", "C": "three words"}
     assert found["#2"][1].keyword == "RUN"
+    assert stage_names(path) == ["one"]
+    assert [i.keyword for i in instructions(path)] == ["ARG", "FROM", "ENV", "FROM", "RUN"]
 
 
 # -- the real declarations against the contract --------------------------------------
 
 
-def test_every_contract_backend_is_declared():
-    assert set(SERVICES) <= set(ALL)
-    assert "base" in ALL
+def test_every_service_backend_is_in_the_contract():
+    assert set(SERVICES) == set(CONTRACT)
+    assert ALL["base"].kind == backends.IMAGE
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -163,8 +101,10 @@ def test_ports_are_exactly_the_contracts(name):
     assert ALL[name].ports == (8000, 8786, 8088)
 
 
-def test_pbs_gets_sys_resource():
-    assert "SYS_RESOURCE" in ALL["pbs"].cap_add
+def test_pbs_wants_sys_resource_but_does_not_need_it():
+    """PBS raises its limits with it where granted; every test passes without it."""
+    assert ALL["pbs"].wanted_capabilities == ("SYS_RESOURCE",)
+    assert "SYS_RESOURCE" not in ALL["pbs"].needed_capabilities
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -309,32 +249,28 @@ def test_conformance_tests_exist(name):
     assert sorted(folder.glob("test_*.py")), f"no test_*.py in {folder}"
 
 
-def test_base_takes_debian_image_and_tag():
+def test_base_builds_from_its_declared_external_image():
+    """Every Dockerfile, base included, builds FROM the BASE_IMAGE the tooling passes."""
     found = stages(CI / "base" / "Dockerfile")
-    defaults = arg_defaults(found[""])
-    assert defaults.get("DEBIAN_IMAGE")
-    assert defaults.get("DEBIAN_TAG")
+    assert arg_defaults(found[""]) == {"BASE_IMAGE": None}  # no default: nothing is pulled
     (stage,) = [items for name, items in found.items() if name]
-    assert stage[0].value.split()[0] == "${DEBIAN_IMAGE}:${DEBIAN_TAG}"
+    assert stage[0].value.split()[0] == "${BASE_IMAGE}"
     assert ALL["base"].parent is None
+    assert ALL["base"].base_image == "debian:trixie-slim"
+    assert [name for name, b in ALL.items() if b.parent is None] == ["base"]
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_no_dockerfile_defaults_its_parent_to_a_registry_image(name):
+    assert arg_defaults(stages(CI / name / "Dockerfile")[""]).get("BASE_IMAGE") is None
 
 
 # -- downloads: build args and the `download` stage -----------------------------------
 
 
-def _download_defaults(name: str) -> dict[str, str]:
-    """Default of each download arg: backend.toml's build.args, else the Dockerfile's ARG."""
-    found = stages(CI / name / "Dockerfile")
-    dockerfile = {}
-    for items in found.values():
-        dockerfile.update({k: v for k, v in arg_defaults(items).items() if v})
-    merged = {**dockerfile, **ALL[name].build_args}
-    return {k: expand(v, merged) for k, v in merged.items()}
-
-
 @pytest.mark.parametrize("name", sorted(DOWNLOADS))
 def test_download_args_have_non_empty_defaults(name):
-    defaults = _download_defaults(name)
+    defaults = all_arg_defaults(CI / name / "Dockerfile")
     version, url, checksum = DOWNLOADS[name]
     assert defaults.get(version), defaults
     assert defaults.get(url, "").startswith("https://"), defaults.get(url)
@@ -343,14 +279,11 @@ def test_download_args_have_non_empty_defaults(name):
     assert re.fullmatch(r"[0-9a-f]{128}", defaults.get(checksum, "")), "not a SHA-512"
 
 
-@pytest.mark.parametrize("name", sorted(DOWNLOADS))
-def test_download_defaults_agree_between_dockerfile_and_backend_toml(name):
-    """A value declared in both places must be the same, or a rebuild changes it silently."""
-    found = stages(CI / name / "Dockerfile")
-    args = {**arg_defaults(found[""]), **arg_defaults(found["download"])}
-    for key, value in ALL[name].build_args.items():
-        if args.get(key):
-            assert expand(args[key], {**args, **ALL[name].build_args}) == value, key
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_each_build_arg_has_one_source(name):
+    """A default lives in the Dockerfile's ARG or in backend.toml, never in both."""
+    in_dockerfile = all_arg_defaults(CI / name / "Dockerfile")
+    assert not set(ALL[name].build_args) & set(in_dockerfile), sorted(in_dockerfile)
 
 
 @pytest.mark.parametrize("name", sorted(DOWNLOADS))
@@ -379,7 +312,8 @@ def test_download_stage_is_first_so_a_bad_url_fails_before_anything_else(name):
 
 # -- the parser: malformed declarations ----------------------------------------------
 
-GOOD_BASE = 'description = "base"\nimage = "img-base"\n'
+CHILD = 'description = "base"\nimage = "img-base"\nkind = "image"\n'
+GOOD_BASE = CHILD + 'from = "debian:trixie-slim"\n'
 
 
 def write_backend(ci: Path, name: str, text: str) -> Path:
@@ -402,46 +336,66 @@ def test_declaration_error_is_a_user_error():
     assert issubclass(DeclarationError, UserError)
 
 
-@pytest.mark.parametrize(
-    ("text", "complaint"),
-    [
-        ('image = "img"\n', "'description' (a string) is required"),
-        ('description = "d"\n', "'image' (a string) is required"),
-        ("description = 3\nimage = 'img'\n", "'description' (a string) is required"),
-        (
-            GOOD_BASE + '[[ready.checks]]\nname = "x"\ncommand = ["true"]\nexpect = "(unclosed"\n',
-            "expect is not a valid regex",
-        ),
-        (
-            GOOD_BASE + '[[smoke]]\nname = "x"\ncommand = ["true"]\nbogus = 1\n',
-            "unknown keys ['bogus']",
-        ),
-        (GOOD_BASE + '[[ready.checks]]\nname = "x"\n', "each check needs a name and a command"),
-        (
-            GOOD_BASE + '[[ready.checks]]\nname = "x"\ncommand = "true"\n',
-            "expected a non-empty list of strings",
-        ),
-        (GOOD_BASE + "[build.args]\nVERSION = 3\n", "build.args values must be strings"),
-        (GOOD_BASE + '[test]\nsource = "pytest"\n', "expected a list of commands"),
-        (GOOD_BASE + "[install]\nsource = [[]]\n", "expected a non-empty list of strings"),
-        (GOOD_BASE + "[logs]\nstatus = []\n", "expected a non-empty list of strings"),
-        ("description = \n", "Invalid value"),  # not TOML at all
-    ],
-    ids=[
-        "no-description",
-        "no-image",
-        "description-not-a-string",
-        "bad-regex",
-        "unknown-check-key",
-        "check-without-command",
-        "command-not-a-list",
-        "build-arg-not-a-string",
-        "test-source-not-a-list",
-        "empty-command",
-        "empty-log-status",
-        "invalid-toml",
-    ],
-)
+CHECK = '[[ready.checks]]\nname = "x"\n'
+MALFORMED = {
+    "no-description": ('image = "img"\nfrom = "d"\n', "'description' (a string) is required"),
+    "no-image": ('description = "d"\nfrom = "d"\n', "'image' (a string) is required"),
+    "description-not-a-string": (
+        "description = 3\nimage = 'img'\n",
+        "description: expected a string, got 3",
+    ),
+    "no-parent-or-from": ('description = "d"\nimage = "i"\n', "either 'parent'"),
+    "bad-kind": (
+        'description = "d"\nimage = "i"\nfrom = "x"\nkind = "vm"\n',
+        "kind: expected 'image' or 'services'",
+    ),
+    "bad-regex": (
+        GOOD_BASE + CHECK + 'command = ["true"]\nexpect = "(unclosed"\n',
+        "ready.checks[0].expect: not a valid regex",
+    ),
+    "unknown-check-key": (
+        GOOD_BASE + '[[smoke]]\nname = "x"\ncommand = ["true"]\nbogus = 1\n',
+        "smoke[0]: unknown key 'bogus'; known keys: name, command, user, expect, timeout",
+    ),
+    "unknown-top-key": (GOOD_BASE + "colour = 'red'\n", "unknown key 'colour'"),
+    "check-without-command": (GOOD_BASE + CHECK, "'command' is required in a check"),
+    "command-not-a-list": (
+        GOOD_BASE + CHECK + 'command = "true"\n',
+        "ready.checks[0].command: expected a list of strings, got 'true'",
+    ),
+    "build-arg-not-a-string": (
+        GOOD_BASE + "[build.args]\nVERSION = 3\n",
+        "build.args.VERSION: expected a string, got 3",
+    ),
+    "test-source-not-a-list": (
+        GOOD_BASE + '[test]\nsource = "pytest"\n',
+        "test.source: expected a list of commands, each a list of strings",
+    ),
+    "empty-command": (GOOD_BASE + "[install]\nsource = [[]]\n", "expected a non-empty command"),
+    "empty-log-status": (GOOD_BASE + "[logs]\nstatus = []\n", "expected a non-empty command"),
+    "ports-not-numbers": (
+        GOOD_BASE + '[run]\nports = ["http"]\n',
+        "run.ports[0]: expected a whole number, got 'http'",
+    ),
+    "port-out-of-range": (GOOD_BASE + "[run]\nports = [70000]\n", "70000 is not a port number"),
+    "timeout-as-text": (
+        GOOD_BASE + '[ready]\ntimeout = "3 minutes"\n',
+        "ready.timeout: expected a number, got '3 minutes'",
+    ),
+    "run-not-a-table": (GOOD_BASE + "run = 5\n", "run: expected a table, got 5"),
+    "capability-typo": (
+        GOOD_BASE + '[run.capabilities]\nneeded = ["sys admin"]\n',
+        "'sys admin' is not a capability name",
+    ),
+    "services-without-test": (
+        'description = "d"\nimage = "i"\nfrom = "x"\nkind = "services"\n',
+        "needs [test] source",
+    ),
+    "invalid-toml": ("description = \n", "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize(("text", "complaint"), list(MALFORMED.values()), ids=list(MALFORMED))
 def test_malformed_backend_toml_names_the_file(tmp_path, text, complaint):
     path = write_backend(tmp_path, "broken", text)
     message = load_error(tmp_path)
@@ -451,7 +405,7 @@ def test_malformed_backend_toml_names_the_file(tmp_path, text, complaint):
 
 def test_unknown_parent_names_the_file_and_the_parent(tmp_path):
     write_backend(tmp_path, "base", GOOD_BASE)
-    path = write_backend(tmp_path, "child", GOOD_BASE + 'parent = "nosuch"\n')
+    path = write_backend(tmp_path, "child", CHILD + 'parent = "nosuch"\n')
     message = load_error(tmp_path)
     assert str(path) in message
     assert "parent 'nosuch' is not a backend" in message
@@ -468,7 +422,7 @@ def test_unknown_parent_names_the_file_and_the_parent(tmp_path):
 def test_parent_cycle(tmp_path, parents, cycle):
     write_backend(tmp_path, "base", GOOD_BASE)
     for name, parent in parents.items():
-        write_backend(tmp_path, name, GOOD_BASE + f'parent = "{parent}"\n')
+        write_backend(tmp_path, name, CHILD + f'parent = "{parent}"\n')
     message = load_error(tmp_path)
     assert message.startswith("parent cycle: ")
     assert cycle in message
@@ -477,9 +431,9 @@ def test_parent_cycle(tmp_path, parents, cycle):
 def test_load_all_orders_parents_before_children(tmp_path):
     # Names sort against the hierarchy, so alphabetical order would be wrong.
     write_backend(tmp_path, "zroot", GOOD_BASE)
-    write_backend(tmp_path, "mid", GOOD_BASE + 'parent = "zroot"\n')
-    write_backend(tmp_path, "aleaf", GOOD_BASE + 'parent = "mid"\n')
-    write_backend(tmp_path, "bleaf", GOOD_BASE + 'parent = "zroot"\n')
+    write_backend(tmp_path, "mid", CHILD + 'parent = "zroot"\n')
+    write_backend(tmp_path, "aleaf", CHILD + 'parent = "mid"\n')
+    write_backend(tmp_path, "bleaf", CHILD + 'parent = "zroot"\n')
     order = list(backends.load_all(tmp_path))
     assert sorted(order) == ["aleaf", "bleaf", "mid", "zroot"]
     assert order[0] == "zroot"
@@ -503,7 +457,9 @@ def test_defaults_of_a_minimal_declaration(tmp_path):
     assert mini.container_name == "img-base"
     assert mini.ready_timeout == 180.0
     assert not mini.runs_services
-    assert mini.steps() == backends.IMAGE_STEPS
+    assert mini.base_image == "debian:trixie-slim"
+    assert (mini.needed_capabilities, mini.wanted_capabilities) == ((), ())
+    assert mini.stop_timeout == 10.0
 
 
 def test_check_defaults_and_matching(tmp_path):
@@ -525,22 +481,22 @@ def test_check_defaults_and_matching(tmp_path):
 
 def test_select_unknown_backend():
     with pytest.raises(UserError) as error:
-        backends.select(ALL, ["nosuch"], "build")
+        backends.select(ALL, ["nosuch"], "build", backends.IMAGE)
     assert str(error.value) == "unknown backend 'nosuch'; choose from: base, hadoop, pbs, slurm"
 
 
 def test_select_step_that_does_not_apply():
     with pytest.raises(UserError) as error:
-        backends.select(ALL, ["base"], "start")
+        backends.select(ALL, ["base"], "start", backends.SERVICES)
     assert str(error.value) == "'start' does not apply to 'base'; choose from: hadoop, pbs, slurm"
 
 
 def test_select_without_names():
     with pytest.raises(UserError) as error:
-        backends.select(ALL, [], "start")
+        backends.select(ALL, [], "start", backends.SERVICES)
     assert str(error.value) == "'start' needs a backend: nox -s start -- <hadoop|pbs|slurm>"
 
 
 def test_select_keeps_order_and_drops_repeats():
-    chosen = backends.select(ALL, ["slurm", "pbs", "slurm"], "build")
+    chosen = backends.select(ALL, ["slurm", "pbs", "slurm"], "build", backends.IMAGE)
     assert [b.name for b in chosen] == ["slurm", "pbs"]

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from scripts import backends, config, containers, engine, images, log, steps, trust
+from scripts import (
+    backends,
+    containers,
+    engine,
+    images,
+    log,
+    ports,
+    provenance,
+    pytest_report,
+    settings,
+    steps,
+    trust,
+)
 from scripts.errors import EngineUnavailable, StepFailed, UserError
 
 ALL = backends.load_all()
+SERVICES = [name for name, backend in ALL.items() if backend.runs_services]
 
 
 # -- session arguments -----------------------------------------------------------
@@ -28,32 +42,46 @@ ALL = backends.load_all()
     ],
 )
 def test_split_posargs(step, posargs, fixed, names, rest):
-    assert steps.split_posargs(step, posargs, fixed) == (names, rest)
+    assert steps.split_posargs(steps.STEPS[step], posargs, fixed) == (names, rest)
 
 
 def test_unknown_backend_names_the_choices():
     with pytest.raises(UserError) as error:
-        backends.select(ALL, ["nosuch"], "test")
-    assert str(error.value) == "unknown backend 'nosuch'; choose from: hadoop, pbs, slurm"
+        backends.select(ALL, ["nosuch"], "test", backends.SERVICES)
+    assert str(error.value) == f"unknown backend 'nosuch'; choose from: {', '.join(SERVICES)}"
 
 
 def test_step_that_does_not_apply():
     with pytest.raises(UserError) as error:
-        backends.select(ALL, ["base"], "start")
+        backends.select(ALL, ["base"], "start", backends.SERVICES)
     assert "'start' does not apply to 'base'" in str(error.value)
-    assert "choose from: hadoop, pbs, slurm" in str(error.value)
+    assert f"choose from: {', '.join(SERVICES)}" in str(error.value)
 
 
 def test_missing_backend_says_how():
-    with pytest.raises(UserError, match=r"nox -s verify -- <base\|hadoop\|pbs\|slurm>"):
-        backends.select(ALL, [], "verify")
+    choices = "|".join(ALL)
+    with pytest.raises(UserError, match=rf"nox -s verify -- <{re.escape(choices)}>"):
+        backends.select(ALL, [], "verify", backends.IMAGE)
 
 
 def test_bad_option_is_one_line_not_a_usage_dump():
     with pytest.raises(UserError) as error:
-        steps.option_parser("build").parse_args(["--frobnicate"])
+        steps.STEPS["build"].parse(["--frobnicate"])
     assert "\n" not in str(error.value)
     assert "--frobnicate" in str(error.value)
+
+
+def test_options_are_not_abbreviated():
+    """`--so` is not taken for --source: abbreviations would swallow pytest's options."""
+    options, extra = steps.STEPS["cycle"].parse(["--so", "x", "-k", "jobs"])
+    assert options.source is None
+    assert extra == ["--so", "x", "-k", "jobs"]
+
+
+def test_cycle_keeps_its_options_and_passes_the_rest_to_pytest():
+    options, extra = steps.STEPS["cycle"].parse(["--source", "/src", "-x", "--ports", "none"])
+    assert (options.source, options.ports) == ("/src", "none")
+    assert extra == ["-x"]
 
 
 def test_build_arg_needs_key_value():
@@ -62,38 +90,50 @@ def test_build_arg_needs_key_value():
     assert steps._key_value("A=b=c") == ("A", "b=c")
 
 
-def test_source_must_be_a_directory(tmp_path, monkeypatch):
+def test_source_must_be_a_checkout_with_tests(tmp_path, monkeypatch):
     monkeypatch.delenv("DASK_GATEWAY_SOURCE", raising=False)
     assert steps._source_dir(None) is None
     with pytest.raises(UserError, match="not a directory"):
         steps._source_dir(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="no tests/ folder there"):
+        steps._source_dir(str(tmp_path))
+    (tmp_path / "tests").mkdir()
     monkeypatch.setenv("DASK_GATEWAY_SOURCE", str(tmp_path))
     assert steps._source_dir(None) == tmp_path.resolve()
 
 
-def test_every_step_has_a_function_and_each_backend_its_steps():
-    assert set(steps.STEP_FUNCTIONS) == set(backends.STEPS)
-    assert ALL["base"].steps() == backends.IMAGE_STEPS
-    for name in ("hadoop", "pbs", "slurm"):
-        assert ALL[name].steps() == backends.STEPS
+def test_step_registry_is_the_one_table():
+    """Each step: a function, a one-line description, a scope; listed in this order."""
+    assert list(steps.STEPS) == [
+        "build", "verify", "push", "tag-dated",
+        "start", "install", "test", "print-logs", "stop", "cycle",
+    ]  # fmt: skip
+    for step in steps.STEPS.values():
+        assert callable(step.function)
+        assert step.scope in (backends.IMAGE, backends.SERVICES)
+        assert "\n" not in step.describe("slurm") and step.describe(None).endswith("BACKEND...")
+    image_steps = {s.name for s in steps.STEPS.values() if s.scope == backends.IMAGE}
+    assert image_steps == {"build", "verify", "push", "tag-dated"}
+    assert ALL["base"].kind == backends.IMAGE and not ALL["base"].runs_services
 
 
 # -- naming and labels -------------------------------------------------------------
 
 
 def test_default_image_names():
-    settings = config.load_settings(environ={})
-    assert settings.reference(ALL["slurm"]) == "ghcr.io/dask/dask-gateway-ci-slurm:latest"
+    chosen = settings.load_settings(environ={})
+    assert chosen.reference(ALL["slurm"]) == "ghcr.io/dask/dask-gateway-ci-slurm:latest"
+    assert settings.LATEST == "latest"
 
 
 def test_registry_and_owner_from_environment():
-    settings = config.load_settings(
+    chosen = settings.load_settings(
         environ={
             "DASK_GATEWAY_CI_REGISTRY": "registry.example:5000",
             "DASK_GATEWAY_CI_OWNER": "My-Fork",
         }
     )
-    assert settings.reference(ALL["pbs"], "2026-11-25") == (
+    assert chosen.reference(ALL["pbs"], "2026-11-25") == (
         "registry.example:5000/my-fork/dask-gateway-ci-pbs:2026-11-25"
     )
 
@@ -102,8 +142,29 @@ def test_registry_and_owner_from_pyproject(tmp_path):
     (tmp_path / "pyproject.toml").write_text(
         '[tool.dask-gateway-ci]\nregistry = "quay.io"\nowner = "someone"\n'
     )
-    settings = config.load_settings(root=tmp_path, environ={})
-    assert settings.repository(ALL["base"]) == "quay.io/someone/dask-gateway-ci-base"
+    chosen = settings.load_settings(root=tmp_path, environ={})
+    assert chosen.repository(ALL["base"]) == "quay.io/someone/dask-gateway-ci-base"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        (
+            "DASK_GATEWAY_CI_REGISTRY",
+            "https://ghcr.io",
+            "give the registry host only, e.g. 'ghcr.io'",
+        ),
+        ("DASK_GATEWAY_CI_REGISTRY", "ghcr.io/dask", "is not a registry host"),
+        ("DASK_GATEWAY_CI_OWNER", "my fork", "is not a valid image owner"),
+        ("DASK_GATEWAY_CI_OWNER", "-fork", "is not a valid image owner"),
+        ("DASK_GATEWAY_CI_OWNER", "a..b", "is not a valid image owner"),
+    ],
+)
+def test_bad_registry_or_owner_is_one_line_naming_the_variable(variable, value, complaint):
+    with pytest.raises(UserError) as error:
+        settings.load_settings(environ={variable: value})
+    message = str(error.value)
+    assert message.startswith(f"{variable} {value!r}") and complaint in message
 
 
 @pytest.mark.parametrize(
@@ -114,16 +175,16 @@ def test_registry_and_owner_from_pyproject(tmp_path):
     ],
 )
 def test_remote_urls_become_https_without_credentials(remote, url):
-    assert config.https_url(remote) == url
+    assert provenance.https_url(remote) == url
 
 
 def test_oci_labels():
-    prov = config.Provenance(
+    prov = provenance.Provenance(
         revision="0123456789abcdef0123456789abcdef01234567",
         committed=datetime(2026, 11, 25, 8, 30, tzinfo=UTC),
         source="https://github.com/dask/dask-gateway-ci",
     )
-    labels = config.oci_labels(ALL["slurm"], prov)
+    labels = provenance.oci_labels(ALL["slurm"], prov)
     prefix = "org.opencontainers.image"
     assert labels[f"{prefix}.source"] == prov.source
     assert labels[f"{prefix}.revision"] == prov.revision
@@ -151,11 +212,11 @@ def test_provenance_is_the_last_commit_of_the_image_folders(tmp_path):
     (tmp_path / "README").write_text("elsewhere\n")
     git("add", ".")
     git("commit", "-qm", "elsewhere")
-    settings = config.Settings()
-    prov = config.provenance(settings, [tmp_path / "image"], root=tmp_path)
+    source = settings.Settings().source
+    prov = provenance.provenance(source, [tmp_path / "image"], root=tmp_path)
     # A commit outside the image does not change its labels, so not its ID.
     assert prov.revision == first
-    assert prov.source == settings.source
+    assert prov.source == source
 
 
 # -- trust forwarding --------------------------------------------------------------
@@ -248,7 +309,7 @@ def test_failed_build_is_one_line_naming_the_step():
         ]
     )
     with pytest.raises(StepFailed) as error:
-        images.build_one(client, config.Settings(), ALL["slurm"], parent_id="sha256:base")
+        images.build_one(client, settings.Settings(), ALL["slurm"], parent_id="sha256:base")
     message = str(error.value)
     assert "\n" not in message
     assert "failed at Step 4/9 : RUN apt-get install nosuchpackage" in message
@@ -259,7 +320,7 @@ def test_build_passes_the_parent_by_id_and_never_pulls():
     client = _FakeClient([{"aux": {"ID": "sha256:child"}}])
     image = images.build_one(
         client,
-        config.Settings(),
+        settings.Settings(),
         ALL["slurm"],
         parent_id="sha256:parent",
         build_args={"EXTRA": "1"},
@@ -322,7 +383,7 @@ def test_failed_build_quotes_the_steps_last_output_line():
         ]
     )
     with pytest.raises(StepFailed) as error:
-        images.build_one(client, config.Settings(), ALL["hadoop"], parent_id="sha256:base")
+        images.build_one(client, settings.Settings(), ALL["hadoop"], parent_id="sha256:base")
     assert str(error.value).endswith(
         "; last output: fetch-verified: cannot download https://x/h.tar.gz: no such host "
         "(set build arg HADOOP_URL to a reachable mirror)"
@@ -343,3 +404,152 @@ def test_host_mirror_from_deb822_and_one_line_sources(tmp_path):
     one_line.write_text("# comment\ndeb [arch=amd64] http://other.example/debian bookworm main\n")
     assert host_mirror((tmp_path / "absent", one_line)) == "http://other.example/debian"
     assert host_mirror((tmp_path / "absent",)) == FALLBACK_MIRROR
+
+
+# -- failures as one line, found before the engine is asked --------------------------
+
+
+def test_missing_ca_bundle_file_names_the_variable(tmp_path):
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(UserError) as error:
+        trust.forwarded({trust.BUNDLE_VARIABLE: str(missing)})
+    assert str(error.value).startswith(f"{trust.BUNDLE_VARIABLE}={missing}: no such file")
+
+
+def test_credentials_in_a_forwarded_index_url_are_masked(capsys):
+    secret = "s3cr3t-index-password"
+    _, env = trust.forwarded({"PIP_INDEX_URL": f"https://me:{secret}@pypi.example/simple"})
+    assert env["PIP_INDEX_URL"].endswith("@pypi.example/simple")  # forwarded as is
+    log.info(f"pip index {env['PIP_INDEX_URL']}")
+    assert secret not in capsys.readouterr().err
+
+
+def test_a_one_character_secret_does_not_garble_messages(capsys):
+    log.add_secret("a")
+    log.info("a message with many a letters")
+    assert capsys.readouterr().err.strip() == "a message with many a letters"
+
+
+@pytest.mark.parametrize(
+    ("spec", "planned"),
+    [
+        (None, {8000: 8000, 8786: 8786}),
+        ("", {8000: 8000, 8786: 8786}),
+        ("none", {}),
+        ("+10000", {8000: 18000, 8786: 18786}),
+    ],
+)
+def test_port_plan(spec, planned, monkeypatch):
+    monkeypatch.delenv(ports.PORTS_VARIABLE, raising=False)
+    assert ports.plan((8000, 8786), spec) == planned
+
+
+def test_port_plan_from_environment_and_bad_specs(monkeypatch):
+    monkeypatch.setenv(ports.PORTS_VARIABLE, "none")
+    assert ports.plan((8000,), None) == {}
+    assert ports.plan((8000,), "+1") == {8000: 8001}  # the option wins
+    for bad in ("8000:9000", "+x", "-5", "+70000"):
+        with pytest.raises(UserError):
+            ports.plan((8000,), bad)
+
+
+def test_a_port_held_by_another_process_is_named(monkeypatch):
+    import socket
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+
+    class NoContainers:
+        class containers:  # the shape of docker's client
+            @staticmethod
+            def list():
+                return []
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert ports.holder(NoContainers, port).startswith("another process")
+        with pytest.raises(UserError) as error:
+            ports.check_free(NoContainers, {8000: port}, "--ports")
+    message = str(error.value)
+    assert f"host port {port} (for 8000) is taken by another process" in message
+    assert "--ports +10000" in message and "--ports none" in message
+    assert ports.holder(NoContainers, port) is None  # released
+
+
+@pytest.mark.parametrize(
+    ("output", "line"),
+    [
+        ("Slurmctld(primary) at slurm is DOWN\n*****************************\n", "is DOWN"),
+        ("***\n---\n", "exit 1, no output"),
+        ("starting\nConnection refused by host\nretrying soon\n", "Connection refused"),
+        ("first words\nlast words\n", "last words"),
+    ],
+)
+def test_readiness_reports_the_telling_line(output, line):
+    assert line in containers.telling_line(output, 1)
+
+
+def test_pytest_report_counts_executed_tests_per_module():
+    report = """<testsuites><testsuite>
+      <testcase classname="" name="tests.test_yarn_backend">
+        <skipped message="collection skipped">('/w/tests/test_yarn_backend.py', 3,
+        "Skipped: could not import 'skein': No module named 'skein'")</skipped></testcase>
+      <testcase classname="tests.test_auth" name="test_kerberos">
+        <skipped message="TEST_DASK_GATEWAY_YARN not set"/></testcase>
+      <testcase classname="tests.test_slurm_backend" name="test_slurm_backend"/>
+      <testcase classname="tests.test_slurm_backend.TestX" name="test_y"/>
+    </testsuite></testsuites>"""
+    runs = pytest_report.per_module(report, ("tests/test_slurm_backend.py",))
+    assert runs["tests/test_slurm_backend.py"].executed == 2
+    assert pytest_report.idle_modules(
+        report, ("tests/test_yarn_backend.py", "tests/test_auth.py", "tests/test_pbs_backend.py")
+    ) == [
+        "tests/test_yarn_backend.py ran no test (1 skipped: could not import 'skein': "
+        "No module named 'skein')",
+        "tests/test_auth.py ran no test (1 skipped: TEST_DASK_GATEWAY_YARN not set)",
+        "tests/test_pbs_backend.py ran no test (none collected)",
+    ]
+
+
+def test_build_options_are_checked_before_building(tmp_path):
+    slurm = ALL["slurm"]
+    with pytest.raises(UserError, match="has no such stage"):
+        images.check_build_options(slurm, build_args={}, target="nosuchstage", save=None)
+    with pytest.raises(UserError, match="cannot write there"):
+        images.check_build_options(slurm, build_args={}, target=None, save="/nonexistent/x.tar")
+    with pytest.raises(UserError, match="BASE_IMAGE is set by the build itself"):
+        images.check_build_options(slurm, build_args={"BASE_IMAGE": "x"}, target=None, save=None)
+    images.check_build_options(slurm, build_args={}, target=None, save=str(tmp_path / "x.tar"))
+
+
+def test_debian_suite_of_reference():
+    from scripts.debian import suite_of
+
+    assert suite_of("debian:trixie-slim") == "trixie"
+    assert suite_of("docker.io/library/debian:forky") == "forky"
+    assert suite_of("ubuntu:24.04") is None
+
+
+def test_slim_drops_what_debian_slim_images_exclude(tmp_path):
+    from scripts.debian import slim
+
+    for path in (
+        "usr/share/doc/bash/copyright",
+        "usr/share/doc/bash/README.gz",
+        "usr/share/man/man1/ls.1.gz",
+        "usr/share/locale/de/LC_MESSAGES/x.mo",
+        "var/cache/apt/archives/x.deb",
+        "var/cache/apt/pkgcache.bin",
+        "usr/bin/ls",
+    ):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("x")
+    slim(tmp_path)
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert "usr/share/doc/bash/copyright" in left and "usr/bin/ls" in left
+    assert not {p for p in left if p.startswith(("usr/share/man/", "usr/share/locale/"))}
+    assert "usr/share/doc/bash/README.gz" not in left
+    assert not (tmp_path / "var/cache/apt/pkgcache.bin").exists()
+    assert "path-exclude /usr/share/man/*" in (tmp_path / "etc/dpkg/dpkg.cfg.d/docker").read_text()
+    assert "docker-clean" in {p.name for p in (tmp_path / "etc/apt/apt.conf.d").iterdir()}

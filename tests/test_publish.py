@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import time
@@ -11,12 +10,14 @@ import uuid
 import pytest
 
 from scripts import log, publish, state
+from scripts import registry as registry_ops
 from scripts.backends import Backend
-from scripts.config import load_settings
+from scripts.credentials import credentials
 from scripts.errors import StepFailed, UserError
-from scripts.steps import Context, option_parser
+from scripts.settings import load_settings
+from scripts.steps import STEPS
 from tests.nox_runner import nox
-from tests.registry import LocalRegistry, docker_client
+from tests.registry import DenyingLookups, LocalRegistry, docker_client
 
 IMAGE = "dask-gateway-ci-publishtest"
 NAME = f"publishtest/{IMAGE}"  # repository path inside the registry
@@ -47,7 +48,7 @@ def clean_env(monkeypatch):
 def test_generic_token_works_for_any_registry_and_is_censored(clean_env):
     token = f"publishtest-{uuid.uuid4().hex}"
     environ = {"DASK_GATEWAY_CI_REGISTRY_TOKEN": token, "DASK_GATEWAY_CI_REGISTRY_USER": "me"}
-    creds = publish.credentials("registry.example", environ)
+    creds = credentials("registry.example", environ)
     assert (creds.username, creds.source) == ("me", "DASK_GATEWAY_CI_REGISTRY_TOKEN")
     assert creds.auth_config() == {"username": "me", "password": token}
     assert token not in repr(creds)
@@ -57,19 +58,19 @@ def test_generic_token_works_for_any_registry_and_is_censored(clean_env):
 def test_ghcr_variables_are_used_for_ghcr_only():
     token = f"publishtest-{uuid.uuid4().hex}"
     environ = {"GHCR_TOKEN": token, "GITHUB_ACTOR": "octocat"}
-    assert publish.credentials("ghcr.io", environ).username == "octocat"
-    assert publish.credentials("ghcr.io", {**environ, "GHCR_USER": "bot"}).username == "bot"
-    assert publish.credentials("127.0.0.1:5000", environ) is None  # never sent elsewhere
+    assert credentials("ghcr.io", environ).username == "octocat"
+    assert credentials("ghcr.io", {**environ, "GHCR_USER": "bot"}).username == "bot"
+    assert credentials("127.0.0.1:5000", environ) is None  # never sent elsewhere
     github = {"GITHUB_TOKEN": token, "GITHUB_ACTOR": "octocat"}
-    assert publish.credentials("ghcr.io", github) is None  # outside GitHub Actions
-    in_actions = publish.credentials("ghcr.io", {**github, "GITHUB_ACTIONS": "true"})
+    assert credentials("ghcr.io", github) is None  # outside GitHub Actions
+    in_actions = credentials("ghcr.io", {**github, "GITHUB_ACTIONS": "true"})
     assert in_actions.source == "GITHUB_TOKEN"
 
 
 def test_token_without_user_is_one_line_without_the_token():
     token = f"publishtest-{uuid.uuid4().hex}"
     with pytest.raises(UserError) as raised:
-        publish.credentials("r.example", {"DASK_GATEWAY_CI_REGISTRY_TOKEN": token})
+        credentials("r.example", {"DASK_GATEWAY_CI_REGISTRY_TOKEN": token})
     message = str(raised.value)
     assert "DASK_GATEWAY_CI_REGISTRY_USER" in message and "\n" not in message
     assert token not in message
@@ -80,38 +81,49 @@ def test_dated_tag_spelling():
     assert publish.dated_tag(DAY, "") == DAY
     assert publish.dated_tag(DAY, "1") == f"{DAY}.1"
     assert publish.dated_tag(DAY, ".2") == f"{DAY}.2"
-    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", publish.dated_tag(None, ""))
-    for day, suffix in (("2026-13-01", ""), ("25.11.2026", ""), (DAY, "a b"), (DAY, "-x")):
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", publish.publication_day(None))
+    for suffix in ("a b", "-x"):
         with pytest.raises(UserError):
-            publish.dated_tag(day, suffix)
+            publish.dated_tag(DAY, suffix)
+    for day in ("2026-13-01", "25.11.2026"):
+        with pytest.raises(UserError, match="expected a date as YYYY-MM-DD"):
+            publish.publication_day(day)
+
+
+def test_a_date_more_than_a_day_ahead_needs_force_date():
+    from datetime import date
+
+    today = date(2026, 11, 25)
+    assert publish.publication_day("2026-11-26", today=today) == "2026-11-26"  # time zones
+    assert publish.publication_day("2020-01-01", today=today) == "2020-01-01"
+    with pytest.raises(UserError) as raised:
+        publish.publication_day("2099-01-01", today=today)
+    assert "more than a day after today (2026-11-25, UTC)" in str(raised.value)
+    assert "--force-date" in str(raised.value)
+    assert publish.publication_day("2099-01-01", force=True, today=today) == "2099-01-01"
 
 
 def test_push_refuses_dated_tags(tmp_path):
     backend = Backend(name="publishtest", folder=tmp_path, description="d", image=IMAGE)
-    ctx = Context(
-        backends={},
-        settings=load_settings(),
-        options=argparse.Namespace(tags=[f"{DAY}.1"]),
-        _client=object(),  # refused before the engine is used
-    )
     with pytest.raises(UserError, match="tag-dated-publishtest"):
-        publish.push_image(ctx, backend)
+        # refused before the engine is used
+        publish.push_image(object(), load_settings(), backend, tags=[f"{DAY}.1"])
 
 
 def test_retry_policy_from_environment():
-    assert publish.retry_policy({}) == (3, 1.0)
-    environ = {publish.RETRIES_VARIABLE: "1", publish.BACKOFF_VARIABLE: "0.01"}
-    assert publish.retry_policy(environ) == (1, 0.01)
+    assert registry_ops.retry_policy({}) == (3, 1.0)
+    environ = {registry_ops.RETRIES_VARIABLE: "1", registry_ops.BACKOFF_VARIABLE: "0.01"}
+    assert registry_ops.retry_policy(environ) == (1, 0.01)
     with pytest.raises(UserError):
-        publish.retry_policy({publish.RETRIES_VARIABLE: "many"})
+        registry_ops.retry_policy({registry_ops.RETRIES_VARIABLE: "many"})
 
 
 def test_push_stream_reads_error_and_final_digest():
-    stream = publish.PushStream()
+    stream = registry_ops.PushStream()
     stream.feed({"status": "Pushed", "progressDetail": {}, "id": "abc"})
     stream.feed({"progressDetail": {}, "aux": {"Tag": "latest", "Digest": "sha256:1", "Size": 9}})
     assert (stream.digest, stream.manifest_size, stream.error) == ("sha256:1", 9, None)
-    failed = publish.PushStream()
+    failed = registry_ops.PushStream()
     failed.feed({"errorDetail": {"message": "denied: no"}, "error": "denied: no"})
     assert failed.error == "denied: no"
 
@@ -119,18 +131,19 @@ def test_push_stream_reads_error_and_final_digest():
 @pytest.mark.parametrize(
     ("message", "kind"),
     [
-        ('Get "http://r/v2/": dial tcp r:5000: connect: connection refused', "_Unreachable"),
-        ("dial tcp: lookup r on 10.0.0.1:53: no such host", "_Unreachable"),
-        ("received unexpected HTTP status: 503 Service Unavailable", "_Unreachable"),
-        ("net/http: TLS handshake timeout", "_Unreachable"),
-        ("no basic auth credentials", "_Unauthorized"),
-        ("denied: requested access to the resource is denied", "_Unauthorized"),
-        ("unauthorized: authentication required", "_Unauthorized"),
+        ('Get "http://r/v2/": dial tcp r:5000: connect: connection refused', "Transient"),
+        ("dial tcp: lookup r on 10.0.0.1:53: no such host", "Transient"),
+        ("received unexpected HTTP status: 503 Service Unavailable", "Transient"),
+        ("net/http: TLS handshake timeout", "Transient"),
+        ("toomanyrequests: retry-after: 1s, allowed: 44000/minute", "Transient"),
+        ("no basic auth credentials", "Unauthorized"),
+        ("denied: requested access to the resource is denied", "Unauthorized"),
+        ("unauthorized: authentication required", "Unauthorized"),
         ("manifest invalid: manifest invalid", "StepFailed"),
     ],
 )
 def test_push_errors_are_classified(message, kind):
-    assert type(publish._classify(message)).__name__ == kind
+    assert type(registry_ops.classify(message)).__name__ == kind
 
 
 class _FlakyAPI:
@@ -154,22 +167,50 @@ class _FakeClient:
 
 
 def test_push_stream_errors_are_retried_with_backoff_then_reported(monkeypatch):
-    monkeypatch.setenv(publish.RETRIES_VARIABLE, "2")
-    monkeypatch.setenv(publish.BACKOFF_VARIABLE, "0")
+    monkeypatch.setenv(registry_ops.RETRIES_VARIABLE, "2")
+    monkeypatch.setenv(registry_ops.BACKOFF_VARIABLE, "0")
     api = _FlakyAPI(failures=2)
-    stream = publish.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
+    stream = registry_ops.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
     assert (api.calls, stream.digest) == (3, "sha256:" + "0" * 64)
     api = _FlakyAPI(failures=5)
-    with pytest.raises(StepFailed, match="still unreachable after 3 attempts"):
-        publish.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
+    with pytest.raises(StepFailed, match="still failing after 3 attempts"):
+        registry_ops.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
     assert api.calls == 3
 
 
-def test_option_parser_for_publishing():
-    push = option_parser("push").parse_args(["--dry-run", "--tag", "a", "--tag", "b"])
+class _LookupAPI:
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def inspect_distribution(self, reference, auth_config):
+        from docker.errors import APIError
+
+        answer = self.answers.pop(0)
+        if isinstance(answer, str):
+            raise APIError(answer, explanation=answer)
+        return answer
+
+
+def test_rate_limited_lookups_are_retried_and_denied_ones_are_unknown(monkeypatch):
+    monkeypatch.setenv(registry_ops.RETRIES_VARIABLE, "2")
+    monkeypatch.setenv(registry_ops.BACKOFF_VARIABLE, "0")
+    digest = {"Descriptor": {"digest": "sha256:" + "1" * 64}}
+    api = _LookupAPI(["toomanyrequests: rate limit exceeded", digest])
+    assert registry_ops.remote_digest(_FakeClient(api), "r.example/o/i:x", None).endswith("1" * 64)
+    api = _LookupAPI(["denied: requested access to the resource is denied"])
+    assert (
+        registry_ops.remote_digest(_FakeClient(api), "r.example/o/i:x", None)
+        == registry_ops.UNKNOWN
+    )
+    api = _LookupAPI(["manifest unknown: manifest unknown"])
+    assert registry_ops.remote_digest(_FakeClient(api), "r.example/o/i:x", None) is None
+
+
+def test_options_for_publishing():
+    push, _ = STEPS["push"].parse(["--dry-run", "--tag", "a", "--tag", "b"])
     assert (push.dry_run, push.allow_unverified, push.tags) == (True, False, ["a", "b"])
-    dated = option_parser("tag-dated").parse_args(["--suffix", "1", "--date", DAY])
-    assert (dated.suffix, dated.date) == ("1", DAY)
+    dated, _ = STEPS["tag-dated"].parse(["--suffix", "auto", "--date", DAY, "--force-date"])
+    assert (dated.suffix, dated.date, dated.force_date) == ("auto", DAY, True)
 
 
 # -- against the engine and a local registry ----------------------------------------
@@ -197,8 +238,8 @@ def env(clean_env, registry, tmp_path):
     monkeypatch.setenv("DASK_GATEWAY_CI_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))  # no stored logins
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
-    monkeypatch.setenv(publish.RETRIES_VARIABLE, "2")
-    monkeypatch.setenv(publish.BACKOFF_VARIABLE, "0.05")
+    monkeypatch.setenv(registry_ops.RETRIES_VARIABLE, "2")
+    monkeypatch.setenv(registry_ops.BACKOFF_VARIABLE, "0.05")
     return monkeypatch
 
 
@@ -250,20 +291,12 @@ def build(client, tmp_path):
                 raise
 
 
-def _context(client, backend, **options) -> Context:
-    defaults = {
-        "dry_run": False,
-        "allow_unverified": False,
-        "tags": [],
-        "suffix": "",
-        "date": DAY,
-    }
-    return Context(
-        backends={backend.name: backend},
-        settings=load_settings(),
-        options=argparse.Namespace(**{**defaults, **options}),
-        _client=client,
-    )
+def _push(client, backend, **options) -> None:
+    publish.push_image(client, load_settings(), backend, **options)
+
+
+def _dated(client, backend, **options) -> None:
+    publish.tag_dated_image(client, load_settings(), backend, **{"day": DAY, **options})
 
 
 def _verified(image_id: str) -> str:
@@ -284,7 +317,7 @@ docker = pytest.mark.docker
 def test_push_without_credentials_fails_with_one_line(client, backend, build, registry, capfd):
     _verified(build("no credentials"))
     with pytest.raises(UserError) as raised:
-        publish.push_image(_context(client, backend), backend)
+        _push(client, backend)
     message = str(raised.value)
     assert "\n" not in message
     assert "DASK_GATEWAY_CI_REGISTRY_TOKEN" in message and "docker login" in message
@@ -296,18 +329,18 @@ def test_push_then_already_present_then_extra_tag(
     client, backend, build, registry, login, capfd, tmp_path
 ):
     image = _verified(build("push"))
-    publish.push_image(_context(client, backend), backend)
+    _push(client, backend)
     out, err = capfd.readouterr()
     digest = _pushed_digest(err)
     assert registry.manifest_digest(NAME, "latest") == digest
     assert f"{registry.address}/{NAME}:latest" in err
 
-    publish.push_image(_context(client, backend), backend)
+    _push(client, backend)
     out2, err2 = capfd.readouterr()
     assert "already has this image" in err2 and not PUSHED.search(err2)
     assert registry.manifest_digest(NAME, "latest") == digest
 
-    publish.push_image(_context(client, backend, tags=["publishtest-extra"]), backend)
+    _push(client, backend, tags=["publishtest-extra"])
     out3, err3 = capfd.readouterr()
     assert registry.manifest_digest(NAME, "publishtest-extra") == _pushed_digest(err3) == digest
     assert client.images.get(f"{registry.address}/{NAME}:publishtest-extra").id == image
@@ -322,11 +355,11 @@ def test_push_then_already_present_then_extra_tag(
 def test_unverified_image_is_refused_unless_allowed(client, backend, build, registry, login, capfd):
     build("unverified")
     with pytest.raises(UserError) as raised:
-        publish.push_image(_context(client, backend), backend)
+        _push(client, backend)
     assert "verify-publishtest" in str(raised.value) and "--allow-unverified" in str(raised.value)
     assert registry.repositories() == []
 
-    publish.push_image(_context(client, backend, allow_unverified=True), backend)
+    _push(client, backend, allow_unverified=True)
     _, err = capfd.readouterr()
     assert "warning:" in err and "--allow-unverified" in err
     assert registry.manifest_digest(NAME, "latest") == _pushed_digest(err)
@@ -335,16 +368,16 @@ def test_unverified_image_is_refused_unless_allowed(client, backend, build, regi
 @docker
 def test_tag_dated_twice_the_same_day_is_a_no_op(client, backend, build, registry, login, capfd):
     image = _verified(build("dated"))
-    publish.tag_dated_image(_context(client, backend), backend)
+    _dated(client, backend)
     _, err = capfd.readouterr()
     digest = _pushed_digest(err)
     assert registry.manifest_digest(NAME, DAY) == digest
     assert registry.manifest_digest(NAME, "latest") is None  # tag-dated pushes only its tag
     assert client.images.get(f"{registry.address}/{NAME}:{DAY}").id == image
 
-    publish.tag_dated_image(_context(client, backend), backend)
+    _dated(client, backend)
     _, err = capfd.readouterr()
-    assert "nothing to do" in err and not PUSHED.search(err)
+    assert "already has this image" in err and not PUSHED.search(err)
     assert registry.manifest_digest(NAME, DAY) == digest
 
 
@@ -353,11 +386,11 @@ def test_tag_dated_refuses_other_content_and_suffix_publishes_it(
     client, backend, build, registry, login, capfd
 ):
     first_image = _verified(build("first"))
-    publish.tag_dated_image(_context(client, backend), backend)
+    _dated(client, backend)
     first = registry.manifest_digest(NAME, DAY)
     _verified(build("second"))  # now :latest here is other content
     with pytest.raises(UserError) as raised:
-        publish.tag_dated_image(_context(client, backend), backend)
+        _dated(client, backend)
     message = str(raised.value)
     assert "\n" not in message and "never replaced" in message
     assert f"other content (image {first_image[:19]} here, {first})" in message
@@ -365,7 +398,7 @@ def test_tag_dated_refuses_other_content_and_suffix_publishes_it(
     assert registry.manifest_digest(NAME, DAY) == first
 
     capfd.readouterr()
-    publish.tag_dated_image(_context(client, backend, suffix="1"), backend)
+    _dated(client, backend, suffix="1")
     _, err = capfd.readouterr()
     second = registry.manifest_digest(NAME, f"{DAY}.1")
     assert second == _pushed_digest(err) != first
@@ -378,13 +411,14 @@ def test_dry_run_touches_nothing(client, backend, build, registry, login, capfd)
     tags_before = sorted(client.images.get(image).tags)
     requests_before = registry.requests_seen()
 
-    publish.push_image(_context(client, backend, dry_run=True, tags=["extra"]), backend)
-    publish.tag_dated_image(_context(client, backend, dry_run=True, suffix="3"), backend)
+    _push(client, backend, dry_run=True, tags=["extra"])
+    _dated(client, backend, dry_run=True, suffix="3")
     _, err = capfd.readouterr()
 
-    assert f"would push {registry.address}/{NAME}:latest (image {image}" in err
-    assert f"would push {registry.address}/{NAME}:extra (image {image}" in err
-    assert f"would tag image {image}" in err and f"{registry.address}/{NAME}:{DAY}.3" in err
+    assert f"would push image {image} (verified" in err
+    assert f"as {registry.address}/{NAME}:latest, replacing" in err
+    assert f"as {registry.address}/{NAME}:extra, replacing" in err
+    assert f"as {registry.address}/{NAME}:{DAY}.3, never replacing" in err
     assert registry.requests_seen() == requests_before  # the registry was not contacted
     assert sorted(client.images.get(image).tags) == tags_before
     assert registry.repositories() == []
@@ -398,7 +432,7 @@ def test_rejected_token_is_one_line_and_never_printed(client, backend, build, re
     env.setenv("DASK_GATEWAY_CI_REGISTRY_TOKEN", wrong)
     _verified(build("wrong token"))
     with pytest.raises(UserError) as raised:
-        publish.push_image(_context(client, backend), backend)
+        _push(client, backend)
     message = str(raised.value)
     out, err = capfd.readouterr()
     assert "\n" not in message and "DASK_GATEWAY_CI_REGISTRY_TOKEN" in message
@@ -411,10 +445,10 @@ def test_registry_gone_fails_after_bounded_retries(client, backend, build, regis
     registry.stop()
     started = time.monotonic()
     with pytest.raises(StepFailed) as raised:
-        publish.push_image(_context(client, backend), backend)
+        _push(client, backend)
     elapsed = time.monotonic() - started
     message = str(raised.value)
-    assert "unreachable after 3 attempts" in message and "\n" not in message
+    assert "still failing after 3 attempts" in message and "\n" not in message
     assert elapsed < 20
     _, err = capfd.readouterr()
     assert "retry 1/2" in err and "retry 2/2" in err
@@ -424,7 +458,7 @@ def test_registry_gone_fails_after_bounded_retries(client, backend, build, regis
 @docker
 def test_missing_image_names_the_build_session(client, backend, registry, login):
     with pytest.raises(UserError, match=r"run `nox -s build-publishtest`"):
-        publish.push_image(_context(client, backend), backend)
+        _push(client, backend)
 
 
 @docker
@@ -438,7 +472,7 @@ def test_nox_push_dry_run_end_to_end(client, build, registry, login, tmp_path):
     result = nox("-s", "push-base", "--", "--dry-run", env=environment)
     output = result.output
     assert result.returncode == 0, output
-    assert f"dry run: would push {base} (image {image}" in output
+    assert f"dry run: would push image {image} (verified" in output and f"as {base}," in output
     assert registry.token not in output
     assert registry.repositories() == []
 
@@ -447,3 +481,41 @@ def test_nox_push_dry_run_end_to_end(client, build, registry, login, tmp_path):
     output = result.output
     assert result.returncode != 0
     assert "run `nox -s build-base`" in output and "Traceback" not in output
+
+
+@docker
+def test_suffix_auto_takes_the_next_free_dated_tag(client, backend, build, registry, login, capfd):
+    """What CI does: a second images run on the same day publishes DAY.1, then DAY.2."""
+    _verified(build("morning"))
+    _dated(client, backend, suffix="auto")
+    first = registry.manifest_digest(NAME, DAY)
+    _verified(build("noon"))
+    _dated(client, backend, suffix="auto")
+    _, err = capfd.readouterr()
+    assert f"{registry.address}/{NAME}:{DAY} holds another image" in err
+    second = registry.manifest_digest(NAME, f"{DAY}.1")
+    assert second == _pushed_digest(err.split("holds another image")[1]) != first
+    _dated(client, backend, suffix="auto")  # the same image again: nothing to push
+    _, err = capfd.readouterr()
+    assert "already has this image" in err and not PUSHED.search(err)
+    assert registry.manifest_digest(NAME, f"{DAY}.2") is None
+    assert registry.manifest_digest(NAME, DAY) == first
+
+
+@docker
+def test_a_denied_lookup_lets_the_push_decide(client, backend, build, registry, login, capfd):
+    """ghcr.io denies look-ups of a package the token cannot read yet; the push still works."""
+    image = _verified(build("denied lookup"))
+    with DenyingLookups(registry) as proxy:
+        os.environ["DASK_GATEWAY_CI_REGISTRY"] = proxy.address
+        reference = f"{proxy.address}/{NAME}:latest"
+        client.api.tag(image, reference.rsplit(":", 1)[0], tag="latest")
+        try:
+            _push(client, backend)
+        finally:
+            os.environ["DASK_GATEWAY_CI_REGISTRY"] = registry.address
+            client.api.remove_image(reference)
+    _, err = capfd.readouterr()
+    assert proxy.denied >= 1
+    assert f"pushed {reference}: " in err
+    assert registry.manifest_digest(NAME, "latest") == _pushed_digest(err)

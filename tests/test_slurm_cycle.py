@@ -13,15 +13,19 @@ import time
 import pytest
 
 from scripts.backends import load_all
-from tests.nox_runner import ROOT, aborted_line, nox, nox_env
+from tests.nox_runner import ROOT, aborted_line, nox, nox_env, our_containers
 
 pytestmark = pytest.mark.docker
 SLURM = load_all()["slurm"]
 
 
+# Host ports are shared by everything on the machine: these tests move theirs.
+OFFSET = 20000
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return nox_env(tmp_path_factory.mktemp("state"))
+    return nox_env(tmp_path_factory.mktemp("state"), DASK_GATEWAY_CI_PORTS=f"+{OFFSET}")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def no_container(engine, env):
 
 
 def container_names(engine) -> set[str]:
-    return {c.name for c in engine.containers.list(all=True)}
+    return our_containers(engine)
 
 
 def test_verify_slurm_runs_a_job_and_cleans_up(engine, env, built):
@@ -56,8 +60,8 @@ def test_full_cycle_with_conformance_tests(engine, env, built, no_container):
     container = engine.containers.get(SLURM.container_name)
     assert container.attrs["Config"]["Hostname"] == "slurm"
     ports = container.attrs["HostConfig"]["PortBindings"]
-    assert {p: [b["HostIp"] for b in ports[p]] for p in ports} == {
-        f"{p}/tcp": ["127.0.0.1"] for p in (8000, 8786, 8088)
+    assert {p: [(b["HostIp"], b["HostPort"]) for b in ports[p]] for p in ports} == {
+        f"{p}/tcp": [("127.0.0.1", str(p + OFFSET))] for p in (8000, 8786, 8088)
     }
 
     again = nox("-s", "start-slurm", env=env)

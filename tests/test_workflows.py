@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from scripts import steps as steps_registry
+from scripts.backends import load_all
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = ROOT / ".github" / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.y*ml"))
-STEPS = ("build", "verify", "push", "tag-dated", "start", "install", "test", "print-logs", "stop")
+STEPS = tuple(steps_registry.STEPS)
+SERVICES = tuple(name for name, b in load_all().items() if b.runs_services)
 
 NOX_CALL = re.compile(r"\bnox\s+-s\s+(?P<rest>[^\n]*)")
 # Where the session names of one call end: pass-through args, or the next command.
@@ -142,7 +146,7 @@ def test_called_session_exists(workflow, name):
 def test_images_workflow_calls():
     called = {name for wf, name in _called() if wf == "images.yaml"}
     expected = {"build-base", "verify-base", "push-base", "tag-dated-base"}
-    for backend in ("hadoop", "pbs", "slurm"):
+    for backend in SERVICES:
         expected |= {f"{step}-{backend}" for step in ("build", "verify", "push", "tag-dated")}
     assert expected <= called
     text = (WORKFLOW_DIR / "images.yaml").read_text()
@@ -156,7 +160,7 @@ def test_images_workflow_calls():
 def test_test_workflow_calls():
     called = {name for wf, name in _called() if wf == "test.yaml"}
     expected = {"tests", "lint"}
-    for backend in ("hadoop", "pbs", "slurm"):
+    for backend in SERVICES:
         steps = ("build", "start", "install", "test", "print-logs", "stop")
         expected |= {f"{step}-{backend}" for step in steps}
     assert expected <= called

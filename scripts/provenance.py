@@ -1,64 +1,20 @@
-"""Where images are published and what they are labelled with.
-
-Registry and owner come from [tool.dask-gateway-ci] in pyproject.toml and
-can be overridden without editing code:
-
-    DASK_GATEWAY_CI_REGISTRY=ghcr.io DASK_GATEWAY_CI_OWNER=my-fork nox -s push-slurm
-"""
+"""Where an image comes from: the commit that last touched its folders, as OCI labels."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from packaging.version import Version
 
-from .backends import ROOT, Backend
+from .backends import Backend
+from .project import ROOT
 
 LABEL_PREFIX = "org.opencontainers.image"
 BACKEND_LABEL = "io.github.dask-gateway-ci.backend"
-
-
-@dataclass(frozen=True)
-class Settings:
-    registry: str = "ghcr.io"
-    owner: str = "dask"
-    source: str = "https://github.com/dask/dask-gateway-ci"
-
-    def repository(self, backend: Backend) -> str:
-        return f"{self.registry}/{self.owner}/{backend.image}"
-
-    def reference(self, backend: Backend, tag: str = "latest") -> str:
-        return f"{self.repository(backend)}:{tag}"
-
-
-def load_settings(root: Path = ROOT, environ: dict[str, str] | None = None) -> Settings:
-    environ = os.environ if environ is None else environ
-    table: dict = {}
-    pyproject = root / "pyproject.toml"
-    if pyproject.exists():
-        table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("dask-gateway-ci", {})
-    defaults = Settings()
-    return Settings(
-        registry=environ.get("DASK_GATEWAY_CI_REGISTRY")
-        or table.get("registry", defaults.registry),
-        owner=(environ.get("DASK_GATEWAY_CI_OWNER") or table.get("owner", defaults.owner)).lower(),
-        source=table.get("source", defaults.source),
-    )
-
-
-def state_dir(environ: dict[str, str] | None = None) -> Path:
-    """Where this machine remembers which image IDs passed verify."""
-    environ = os.environ if environ is None else environ
-    if environ.get("DASK_GATEWAY_CI_STATE_DIR"):
-        return Path(environ["DASK_GATEWAY_CI_STATE_DIR"])
-    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "dask-gateway-ci"
 
 
 def _git(*args: str, root: Path = ROOT) -> str | None:
@@ -86,13 +42,14 @@ class Provenance:
 
 
 def provenance(
-    settings: Settings, paths: list[Path] | None = None, root: Path = ROOT
+    default_source: str, paths: list[Path] | None = None, root: Path = ROOT
 ) -> Provenance:
     """The last commit that touched `paths` (the image's folders), and its time.
 
     Not HEAD and not "now": a commit elsewhere in the repository (or a
     rebuild) then gives the same labels, the same image ID and so a cache hit
-    for this image and every image built on it; verify stays valid too.
+    for this image and every image built on it; verify stays valid too. This
+    needs the history: a shallow clone would name HEAD for every image.
     """
     scope = ["--", *(str(p) for p in paths)] if paths else []
     stamp = _git("log", "-1", "--format=%H %ct", *scope, root=root)
@@ -102,8 +59,12 @@ def provenance(
     else:
         revision, committed = "unknown", datetime(1970, 1, 1, tzinfo=UTC)
     remote = _git("config", "--get", "remote.origin.url", root=root)
-    source = https_url(remote) if remote and "://" in https_url(remote) else settings.source
+    source = https_url(remote) if remote and "://" in https_url(remote) else default_source
     return Provenance(revision=revision, committed=committed, source=source)
+
+
+def is_shallow(root: Path = ROOT) -> bool:
+    return _git("rev-parse", "--is-shallow-repository", root=root) == "true"
 
 
 def image_version(prov: Provenance) -> str:

@@ -1,0 +1,93 @@
+"""A small Dockerfile reader: instructions, stages and ARG defaults.
+
+Enough for what the tooling asks of a Dockerfile (which stages exist, what
+an ARG defaults to); not a parser of the whole syntax.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    value: str
+    line: int
+
+
+def instructions(dockerfile: Path) -> list[Instruction]:
+    """Instructions with continuation lines joined and comments dropped."""
+    result: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(dockerfile.read_text().splitlines(), 1):
+        stripped = raw.strip()
+        if stripped.startswith("#") or (not stripped and not pending):
+            continue  # comments, also those inside a continued instruction
+        if not pending:
+            start = number
+        if stripped.endswith("\\"):
+            pending.append(stripped[:-1])
+            continue
+        pending.append(stripped)
+        text = " ".join(part.strip() for part in pending if part.strip())
+        pending = []
+        keyword, _, value = text.partition(" ")
+        result.append(Instruction(keyword.upper(), value.strip(), start))
+    return result
+
+
+def stages(dockerfile: Path) -> dict[str, list[Instruction]]:
+    """Instructions per stage, by stage name ("" for the global ARGs, "#N" unnamed)."""
+    result: dict[str, list[Instruction]] = {"": []}
+    current = ""
+    for instruction in instructions(dockerfile):
+        if instruction.keyword == "FROM":
+            words = instruction.value.split()
+            if len(words) == 3 and words[1].lower() == "as":
+                current = words[2]
+            else:
+                current = f"#{len(result)}"
+            result[current] = []
+        result[current].append(instruction)
+    return result
+
+
+def stage_names(dockerfile: Path) -> list[str]:
+    return [name for name in stages(dockerfile) if name and not name.startswith("#")]
+
+
+def arg_defaults(items: list[Instruction]) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for instruction in items:
+        if instruction.keyword == "ARG":
+            name, sep, default = instruction.value.partition("=")
+            found[name] = default if sep else None
+    return found
+
+
+def all_arg_defaults(dockerfile: Path) -> dict[str, str]:
+    """Every ARG with a default, from any stage, with ${OTHER} references expanded."""
+    found: dict[str, str] = {}
+    for items in stages(dockerfile).values():
+        found.update({k: v for k, v in arg_defaults(items).items() if v})
+    return {key: expand(value, found) for key, value in found.items()}
+
+
+def expand(value: str, args: dict[str, str | None]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1)) or m.group(0), value)
+
+
+def env_values(dockerfile: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for instruction in instructions(dockerfile):
+        if instruction.keyword == "ENV":
+            for word in shlex.split(instruction.value):
+                key, sep, value = word.partition("=")
+                if sep:
+                    found[key] = value
+    return found

@@ -1,0 +1,234 @@
+"""Talking to a registry through the engine: look up a tag's digest, push a tag.
+
+Transient failures (unreachable, rate-limited, 5xx) are retried with a
+doubling backoff; a refusal of credentials is one line naming what to set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from . import log
+from .credentials import Credentials, credential_hint, describe
+from .errors import StepFailed, UserError
+
+T = TypeVar("T")
+
+RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"
+BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"
+DEFAULT_RETRIES = 3  # after the first attempt: waits of 1, 2, 4 s
+DEFAULT_BACKOFF = 1.0
+
+# A look-up the registry would not answer: "unknown", not "absent". ghcr.io
+# answers `denied` for a package the token cannot read yet, which is every
+# package before its first push; the push's own answer then decides.
+UNKNOWN = "unknown"
+
+AUTH_ERROR = re.compile(
+    r"unauthori[sz]ed|denied|no basic auth credentials|authentication required|forbidden",
+    re.I,
+)
+ABSENT_ERROR = re.compile(r"manifest unknown|name unknown|not found", re.I)
+TRANSIENT_ERROR = re.compile(
+    r"connection refused|connection reset|no such host|timeout|timed out|network is unreachable"
+    r"|no route to host|deadline exceeded|\bEOF\b|TLS handshake|too many requests"
+    r"|toomanyrequests|rate limit|status:? (5\d\d|429)"
+    r"|\b5\d\d (internal server error|bad gateway|service unavailable|gateway time-?out)",
+    re.I,
+)
+
+
+class Transient(Exception):
+    pass
+
+
+class Unauthorized(Exception):
+    pass
+
+
+def retry_policy(environ: dict[str, str] | None = None) -> tuple[int, float]:
+    """(retries after the first attempt, first delay in seconds; it doubles)."""
+    environ = os.environ if environ is None else environ
+    try:
+        retries = int(environ.get(RETRIES_VARIABLE) or DEFAULT_RETRIES)
+        backoff = float(environ.get(BACKOFF_VARIABLE) or DEFAULT_BACKOFF)
+    except ValueError:
+        retries, backoff = -1, -1.0
+    if retries < 0 or backoff < 0:
+        raise UserError(
+            f"{RETRIES_VARIABLE} must be a whole number >= 0 and {BACKOFF_VARIABLE} "
+            "a number of seconds >= 0"
+        )
+    return retries, backoff
+
+
+def classify(message: str) -> Exception:
+    message = log.censor(message)
+    if TRANSIENT_ERROR.search(message):
+        return Transient(message)
+    if AUTH_ERROR.search(message):
+        return Unauthorized(message)
+    return StepFailed(message)
+
+
+def with_retries(registry: str, attempt: Callable[[], T]) -> T:
+    retries, backoff = retry_policy()
+    for number in range(retries + 1):
+        try:
+            return attempt()
+        except Transient as error:
+            last = str(error)
+            if number == retries:
+                break
+            delay = backoff * 2**number
+            log.info(
+                f"{log.censor(last)}; registry {registry} did not answer, "
+                f"retry {number + 1}/{retries} in {delay:g}s"
+            )
+            time.sleep(delay)
+    raise StepFailed(
+        log.censor(
+            f"{last}; registry {registry} still failing after {retries + 1} attempts: "
+            "check DASK_GATEWAY_CI_REGISTRY and the network, then run it again"
+        )
+    )
+
+
+def authorized(registry: str, creds: Credentials | None, call: Callable[..., T], *args) -> T:
+    """Run a registry call; a refusal becomes one line naming what to set."""
+    try:
+        return call(*args)
+    except Unauthorized as error:
+        if creds is None:
+            message = f"{error}; {registry} needs credentials: {credential_hint(registry)}"
+        else:
+            message = (
+                f"{error}; {registry} refused the {describe(creds)}: check that the token "
+                f"is valid and may push there, or {credential_hint(registry)}"
+            )
+        raise UserError(log.censor(message)) from None
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _engine_failed(what: str, error: Exception) -> StepFailed:
+    reason = _one_line(error) or type(error).__name__
+    return StepFailed(log.censor(f"{what}: the Docker engine stopped answering ({reason})"))
+
+
+def registry_of(reference: str) -> str:
+    first = reference.split("/", 1)[0]
+    return first if "/" in reference and ("." in first or ":" in first) else "docker.io"
+
+
+def remote_digest(client, reference: str, creds: Credentials | None) -> str | None:
+    """The digest the registry serves for `reference`; None when absent, UNKNOWN when refused."""
+    from docker.errors import APIError, NotFound
+    from requests.exceptions import RequestException
+
+    auth = creds.auth_config() if creds else None
+
+    def attempt() -> str | None:
+        try:
+            data = client.api.inspect_distribution(reference, auth_config=auth)
+        except NotFound:
+            return None
+        except APIError as error:
+            text = _one_line(error.explanation or error)
+            if TRANSIENT_ERROR.search(text):
+                raise Transient(log.censor(f"could not look up {reference}: {text}")) from None
+            if AUTH_ERROR.search(text):
+                return UNKNOWN
+            if ABSENT_ERROR.search(text):
+                return None
+            raise StepFailed(log.censor(f"could not look up {reference}: {text}")) from None
+        except RequestException as error:
+            raise _engine_failed(f"look-up of {reference}", error) from None
+        return (data.get("Descriptor") or {}).get("digest")
+
+    return with_retries(registry_of(reference), attempt)
+
+
+@dataclass
+class PushStream:
+    """Follows a push's JSON stream: layer results, the final digest, or an error."""
+
+    error: str | None = None
+    digest: str | None = None
+    manifest_size: int | None = None
+
+    def feed(self, entry: dict) -> None:
+        if "error" in entry or "errorDetail" in entry:
+            detail = entry.get("errorDetail") or {}
+            self.error = _one_line(entry.get("error") or detail.get("message") or "unknown error")
+            return
+        aux = entry.get("aux")
+        if isinstance(aux, dict) and aux.get("Digest"):
+            self.digest = aux["Digest"]
+            self.manifest_size = aux.get("Size")
+            return
+        status = str(entry.get("status") or "")
+        layer = entry.get("id")
+        if layer and (
+            status in ("Pushed", "Layer already exists") or status.startswith("Mounted from")
+        ):
+            log.info(f"  {layer}: {status}")
+        elif status.startswith("The push refers to"):
+            log.info(status)
+
+
+def push_tag(client, repository: str, tag: str, creds: Credentials | None) -> PushStream:
+    from docker.errors import APIError
+    from requests.exceptions import RequestException
+
+    reference = f"{repository}:{tag}"
+    auth = creds.auth_config() if creds else None
+
+    def attempt() -> PushStream:
+        stream = PushStream()
+        try:
+            entries = client.api.push(
+                repository, tag=tag, stream=True, decode=True, auth_config=auth
+            )
+            for entry in entries:
+                stream.feed(entry)
+        except APIError as error:
+            stream.error = _one_line(error.explanation or error)
+        except RequestException as error:
+            raise _engine_failed(f"push of {reference}", error) from None
+        if stream.error is not None:
+            raise classify(f"push of {reference} failed: {stream.error}")
+        if stream.digest is None:
+            raise StepFailed(f"push of {reference} ended without a digest")
+        return stream
+
+    return with_retries(registry_of(reference), attempt)
+
+
+def _normal(repository: str) -> str:
+    return repository.removeprefix("docker.io/").removeprefix("library/")
+
+
+def local_digests(client, image: str, repository: str) -> set[str]:
+    """Digests this image was pushed or pulled with, for `repository`."""
+    found = set()
+    for entry in client.api.inspect_image(image).get("RepoDigests") or []:
+        name, _, digest = entry.partition("@")
+        if _normal(name) == _normal(repository):
+            found.add(digest)
+    return found
+
+
+def local_holder(client, repository: str, digest: str) -> str | None:
+    """The local image that was pushed or pulled as repository@digest, if any."""
+    for image in client.images.list(name=repository):
+        if digest in local_digests(client, image.id, repository):
+            return image.id
+    return None
