@@ -308,7 +308,9 @@ def test_user_in_hadoop_and_yarn_groups(user):
     assert {"hadoop", "yarn"} <= groups
 
 
-# -- skein can submit as dask with the keytab; HADOOP_* variables set. -------
+# -- skein installed and importable on the image's Python (setuptools for ------
+# -- distutils on 3.12+), able to submit a real application as dask with ------
+# -- that keytab; HADOOP_* variables set. -------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -320,9 +322,16 @@ def test_hadoop_variable_is_set(name):
     assert Path(os.environ[name]).is_dir()
 
 
+def test_skein_imports_and_makes_credentials():
+    """skein 0.8.2 imports distutils, which only setuptools provides on 3.12+."""
+    import skein
+
+    assert skein.Security.new_credentials().cert_bytes
+
+
 def test_skein_prerequisites():
-    """What skein needs before it is installed: Java, Hadoop's classpath, and
-    dask allowed to submit on behalf of other users."""
+    """What skein's driver needs: Java, Hadoop's classpath, and dask allowed to
+    submit on behalf of other users (dask-gateway's YARN backend does)."""
     java = Path(os.environ["JAVA_HOME"], "bin/java")
     code, out = run([str(java), "-version"])
     major = re.search(r'version "(\d+)', out)
@@ -339,15 +348,17 @@ def test_skein_prerequisites():
 
 
 def test_skein_submits_as_dask(dask_env):
-    """Only once skein is installed (the test step's requirements bring it)."""
-    skein = pytest.importorskip("skein")
+    """A real application, submitted with the keytab; its container checks
+    that it runs as dask, so a wrong executor makes it fail."""
+    import skein
+
     wait_for_running_node(dask_env)
     spec = skein.ApplicationSpec(
         name="hadoop-conformance",
         services={
             "check": skein.Service(
                 resources=skein.Resources(memory="128 MiB", vcores=1),
-                script="id -un",
+                script='test "$(id -un)" = dask',
             )
         },
     )
@@ -359,7 +370,11 @@ def test_skein_submits_as_dask(dask_env):
             assert str(report.state) in ("FINISHED", "FAILED", "KILLED"), report
             return report
 
-        report = eventually(finished, timeout=APP_TIMEOUT, interval=5)
+        try:
+            report = eventually(finished, timeout=APP_TIMEOUT, interval=5)
+        except AssertionError:
+            client.kill_application(app_id)
+            raise
     assert str(report.final_status) == "SUCCEEDED", report
     assert report.user == "dask"
 
