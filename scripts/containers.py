@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shlex
 import tarfile
@@ -25,6 +26,7 @@ CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
 # Readiness is polled from FIRST_POLL seconds, backing off to LAST_POLL: a
 # service that is up at once is seen at once, a slow one costs few execs.
 FIRST_POLL, LAST_POLL, BACKOFF = 0.1, 1.0, 1.6
+READY_TIMEOUT_VARIABLE = "DASK_GATEWAY_CI_READY_TIMEOUT"
 CAPS_REFUSED = re.compile(r"apply caps", re.I)
 # A line says something when it has words; "*****" or "----" does not.
 WORDY = re.compile(r"[A-Za-z]{2,}")
@@ -181,10 +183,11 @@ def execute(
 
 def stop_process_group(container, pidfile: str, grace: float = 5.0) -> None:
     """TERM the process group whose leader wrote `pidfile`, then KILL what is left."""
+    # dash's kill takes a negative PID as a process group, but not `--`.
     script = (
-        'pid=$(cat "$0" 2>/dev/null) || exit 0; kill -TERM -- "-$pid" 2>/dev/null || exit 0; '
-        f'for _ in $(seq {int(grace * 10)}); do kill -0 -- "-$pid" 2>/dev/null || exit 0; '
-        'sleep 0.1; done; kill -KILL -- "-$pid" 2>/dev/null; exit 0'
+        'pid=$(cat "$0" 2>/dev/null) || exit 0; kill -TERM "-$pid" 2>/dev/null || exit 0; '
+        f'for _ in $(seq {int(grace * 10)}); do kill -0 "-$pid" 2>/dev/null || exit 0; '
+        'sleep 0.1; done; kill -KILL "-$pid" 2>/dev/null; exit 0'
     )
     with contextlib.suppress(Exception):
         api = container.client.api
@@ -206,10 +209,25 @@ def telling_line(output: str, exit_code: int) -> str:
     return lines[-1][:200] if lines else f"exit {exit_code}, no output"
 
 
+def ready_timeout(backend: Backend) -> float:
+    """The declared ready.timeout, or $DASK_GATEWAY_CI_READY_TIMEOUT (slow machines, tests)."""
+    value = os.environ.get(READY_TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return backend.ready_timeout
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise UserError(f"{READY_TIMEOUT_VARIABLE}={value}: expected a number of seconds > 0")
+    return seconds
+
+
 def wait_ready(container, backend: Backend) -> float:
     """Poll the declared checks until all pass; fail fast if the container dies."""
     started = time.monotonic()
-    deadline = started + backend.ready_timeout
+    timeout = ready_timeout(backend)
+    deadline = started + timeout
     pending = "(no check run yet)"
     last_report = started
     delay = FIRST_POLL
@@ -227,7 +245,7 @@ def wait_ready(container, backend: Backend) -> float:
         now = time.monotonic()
         if now > deadline:
             raise StepFailed(
-                f"{backend.name} not ready after {backend.ready_timeout:.0f}s; "
+                f"{backend.name} not ready after {timeout:.0f}s; "
                 f"last failing check: {pending}"
             )
         if now - last_report >= 10:

@@ -62,6 +62,20 @@ def connect(timeout: int = 600):
     return client
 
 
+class LazyClient:
+    """A docker client that connects on first use, so that every check of the
+    user's input that needs no engine runs (and can fail) before one is asked."""
+
+    def __init__(self, timeout: int = 600):
+        self._timeout = timeout
+        self._client = None
+
+    def __getattr__(self, name: str):
+        if self._client is None:
+            self._client = connect(self._timeout)
+        return getattr(self._client, name)
+
+
 def first_line(error: BaseException) -> str:
     """An exception as one line: the engine's explanation when there is one."""
     text = getattr(error, "explanation", None) or str(error) or type(error).__name__

@@ -7,8 +7,10 @@ declared external image (pulled or bootstrapped once, beforehand).
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +114,33 @@ def external_image(client, backend: Backend) -> str:
     )
 
 
+def context_archive(folder: Path) -> io.BytesIO:
+    """The build context as a tar, with the checkout's umask taken out.
+
+    Owner root, directories 755, files 755 when executable and 644 when not:
+    a checkout made under umask 002 (git then makes group-writable folders,
+    and the classic builder's COPY gives them to /etc, /opt, ...) builds the
+    same image, with the same cache keys, as one made under umask 022.
+    """
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path in [folder, *sorted(folder.rglob("*"))]:
+            info = archive.gettarinfo(str(path), arcname=str(path.relative_to(folder)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if info.isdir() or (info.isfile() and info.mode & 0o111):
+                info.mode = 0o755
+            elif info.isfile():
+                info.mode = 0o644
+            if info.isfile():
+                with path.open("rb") as handle:
+                    archive.addfile(info, handle)
+            else:
+                archive.addfile(info)
+    buffer.seek(0)
+    return buffer
+
+
 def build_one(
     client,
     settings: Settings,
@@ -132,7 +161,8 @@ def build_one(
     stream = BuildStream()
     with log.group(f"build {what}"):
         entries = client.api.build(
-            path=str(backend.folder),
+            fileobj=context_archive(backend.folder),
+            custom_context=True,
             tag=reference if target is None else None,
             buildargs=args,
             labels=oci_labels(
@@ -247,14 +277,14 @@ def save_archive(client, reference: str, path: str) -> None:
 
 def load_archive(client, path: str, expected: str) -> None:
     """`docker load` a tar written by save_archive; it must restore `expected`."""
-    from docker.errors import APIError
+    from docker.errors import DockerException
 
     try:
         with open(path, "rb") as archive:
             loaded = client.images.load(archive)
     except OSError as error:
         raise UserError(f"cannot read image archive {path}: {error.strerror}") from None
-    except APIError as error:
+    except DockerException as error:
         raise UserError(
             f"{path} is not an image archive (docker load: {first_line(error)}); "
             "write one with `nox -s build -- BACKEND --save FILE`"

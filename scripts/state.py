@@ -32,6 +32,23 @@ def _load() -> dict[str, dict]:
         return {}
 
 
+def _unwritable(path: Path, reason: str) -> UserError:
+    return UserError(
+        f"cannot record verified images in {path} ({reason}); "
+        f"point {STATE_VARIABLE} at a writable directory"
+    )
+
+
+def check_writable() -> None:
+    """Fail before a long verify rather than after it."""
+    folder = state_dir()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise _unwritable(folder, f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise _unwritable(folder, f"{existing} is not writable")
+
+
 def record_verified(image_id: str, backend: str, seconds: float) -> None:
     entries = _load()
     entries[image_id] = {
@@ -47,10 +64,7 @@ def record_verified(image_id: str, backend: str, seconds: float) -> None:
         temporary.write_text(json.dumps(entries, indent=2, sort_keys=True))
         temporary.replace(path)
     except OSError as error:
-        raise UserError(
-            f"cannot record the verified image in {path.parent} ({error.strerror}); "
-            f"point {STATE_VARIABLE} at a writable directory"
-        ) from None
+        raise _unwritable(path.parent, error.strerror) from None
 
 
 def verification(image_id: str) -> dict | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import containers, log, ports, publish, state, summary
 from .backends import IMAGE, SERVICES, Backend, ancestors, load_all, select
-from .engine import connect, engine_errors
+from .engine import LazyClient, engine_errors
 from .errors import StepFailed, UserError
 from .images import (
     build_with_parents,
@@ -44,13 +44,7 @@ class Context:
     options: argparse.Namespace
     extra: list[str] = field(default_factory=list)
     built: dict[str, str] = field(default_factory=dict)
-    _client: object = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = connect()
-        return self._client
+    client: object = field(default_factory=LazyClient)
 
 
 @dataclass(frozen=True)
@@ -172,6 +166,8 @@ def build(ctx: Context, backend: Backend) -> None:
     scope=IMAGE,
 )
 def verify(ctx: Context, backend: Backend) -> None:
+    state.check_writable()
+    containers.ready_timeout(backend)  # a bad override fails before anything starts
     image = require_image(ctx.client, ctx.settings, backend)
     reference = ctx.settings.reference(backend)
     started = time.monotonic()
@@ -257,6 +253,7 @@ def start(ctx: Context, backend: Backend) -> None:
     client, name = ctx.client, backend.container_name
     source = _source_dir(ctx.options.source)
     planned = ports.plan(backend.ports, ctx.options.ports)
+    containers.ready_timeout(backend)  # a bad override fails before anything starts
     existing = containers.find(client, name)
     if existing is not None and existing.status == "running":
         mounted = containers.mounted_source(existing)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+import tarfile
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -332,7 +332,30 @@ def test_build_passes_the_parent_by_id_and_never_pulls():
     assert kwargs["pull"] is False
     assert kwargs["tag"] == "ghcr.io/dask/dask-gateway-ci-slurm:latest"
     assert kwargs["labels"]["org.opencontainers.image.title"] == "dask-gateway-ci-slurm"
-    assert Path(kwargs["path"]) == ALL["slurm"].folder
+    assert kwargs["custom_context"] is True
+    with tarfile.open(fileobj=kwargs["fileobj"]) as archive:
+        names = archive.getnames()
+    assert "Dockerfile" in names and "files/etc/slurm/slurm.conf" in names
+
+
+def test_build_context_takes_the_umask_out(tmp_path):
+    """A checkout made under umask 002 gives the same context as one under 022."""
+    (tmp_path / "files" / "etc").mkdir(parents=True)
+    (tmp_path / "files" / "etc" / "x.conf").write_text("x")
+    (tmp_path / "files" / "run").write_text("#!/bin/sh\n")
+    (tmp_path / "files").chmod(0o775)
+    (tmp_path / "files" / "etc").chmod(0o2775)
+    (tmp_path / "files" / "etc" / "x.conf").chmod(0o664)
+    (tmp_path / "files" / "run").chmod(0o775)
+    with tarfile.open(fileobj=images.context_archive(tmp_path)) as archive:
+        modes = {m.name: (m.mode, m.uid, m.gid) for m in archive.getmembers()}
+    assert modes == {
+        ".": (0o755, 0, 0),
+        "files": (0o755, 0, 0),
+        "files/etc": (0o755, 0, 0),
+        "files/etc/x.conf": (0o644, 0, 0),
+        "files/run": (0o755, 0, 0),
+    }
 
 
 # -- engine, logs --------------------------------------------------------------------
