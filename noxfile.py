@@ -90,7 +90,10 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 
 def _install_group(session: nox.Session, group: str) -> None:
+    """The project's dependencies and one group, at the versions CI uses."""
     session.install(
+        "-c",
+        "constraints.txt",
         *PYPROJECT["project"]["dependencies"],
         *nox.project.dependency_groups(PYPROJECT, group),
     )

@@ -245,8 +245,7 @@ def wait_ready(container, backend: Backend) -> float:
         now = time.monotonic()
         if now > deadline:
             raise StepFailed(
-                f"{backend.name} not ready after {timeout:.0f}s; "
-                f"last failing check: {pending}"
+                f"{backend.name} not ready after {timeout:.0f}s; last failing check: {pending}"
             )
         if now - last_report >= 10:
             log.info(f"waiting for {backend.name} ({now - started:.0f}s): {pending}")

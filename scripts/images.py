@@ -19,7 +19,7 @@ from .backends import Backend, ancestors
 from .dockerfile import stage_names
 from .engine import first_line
 from .errors import StepFailed, UserError
-from .provenance import oci_labels, provenance
+from .provenance import changed_since, oci_labels, provenance
 from .settings import Settings
 
 STEP_LINE = re.compile(r"^Step \d+/\d+ : .*")
@@ -219,6 +219,23 @@ def check_build_options(
             )
 
 
+def pull_published(client, settings: Settings, backend: Backend) -> str | None:
+    """The published image of `backend`, pulled; None (with a notice) when it cannot be."""
+    from docker.errors import DockerException
+
+    from .credentials import credentials
+
+    reference = settings.reference(backend)
+    creds = credentials(settings.registry)
+    try:
+        image = client.images.pull(reference, auth_config=creds.auth_config() if creds else None)
+    except DockerException as error:
+        log.info(f"cannot pull {reference} ({first_line(error)}); building it instead")
+        return None
+    log.info(f"pulled the published {reference} ({image.id[:19]})")
+    return image.id
+
+
 def build_with_parents(
     client,
     settings: Settings,
@@ -227,40 +244,52 @@ def build_with_parents(
     *,
     built: dict[str, str],
     build_parents: bool = True,
+    reuse_since: str | None = None,
     **options,
 ) -> str:
     """Build `backend` on the parent image this run just built or has locally.
 
     `built` remembers IDs within one run, so `nox -t build` builds base once.
+    With `reuse_since` (a git revision), an image whose folders, its parents'
+    included, have not changed since that revision is pulled as published
+    instead of built: a pull request builds only what it changes.
     """
     parent_id: str | None = None
     folders: tuple = ()
-    for ancestor in ancestors(backends, backend.name):
-        if ancestor.name in built:
-            parent_id = built[ancestor.name]
-        elif build_parents:
-            # How to build (network, cache) applies to parents; what to build does not.
-            parent_id = build_one(
-                client,
-                settings,
-                ancestor,
-                parent_id=parent_id or external_image(client, ancestor),
-                parent_folders=folders,
-                network_mode=options.get("network_mode"),
-                nocache=options.get("nocache", False),
-            )
-            built[ancestor.name] = parent_id
-        else:
-            parent_id = require_image(client, settings, ancestor)
-            log.info(f"using local {settings.reference(ancestor)} ({parent_id[:19]})")
-        folders = (*folders, ancestor.folder)
-    parent_id = parent_id or external_image(client, backend)
-    image = build_one(
-        client, settings, backend, parent_id=parent_id, parent_folders=folders, **options
-    )
-    if options.get("target") is None:
-        built[backend.name] = image
-    return image
+    chain = [*ancestors(backends, backend.name), backend]
+    for item in chain:
+        folders = (*folders, item.folder)
+        mine = item is backend
+        if item.name in built and not mine:
+            parent_id = built[item.name]
+            continue
+        if reuse_since and not changed_since(reuse_since, list(folders)):
+            log.info(f"{item.name}: ci/ folders unchanged since {reuse_since}")
+            pulled = pull_published(client, settings, item)
+            if pulled is not None:
+                parent_id = built[item.name] = pulled
+                continue
+        if not (mine or build_parents):
+            parent_id = require_image(client, settings, item)
+            log.info(f"using local {settings.reference(item)} ({parent_id[:19]})")
+            continue
+        # How to build (network, cache) applies to parents; what to build does not.
+        how = (
+            options
+            if mine
+            else {k: options[k] for k in ("network_mode", "nocache") if k in options}
+        )
+        parent_id = build_one(
+            client,
+            settings,
+            item,
+            parent_id=parent_id or external_image(client, item),
+            parent_folders=folders[:-1],
+            **how,
+        )
+        if not (mine and options.get("target")):
+            built[item.name] = parent_id
+    return parent_id
 
 
 def save_archive(client, reference: str, path: str) -> None:

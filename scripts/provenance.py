@@ -11,6 +11,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from .backends import Backend
+from .errors import UserError
 from .project import ROOT
 
 LABEL_PREFIX = "org.opencontainers.image"
@@ -61,6 +62,24 @@ def provenance(
     remote = _git("config", "--get", "remote.origin.url", root=root)
     source = https_url(remote) if remote and "://" in https_url(remote) else default_source
     return Provenance(revision=revision, committed=committed, source=source)
+
+
+def changed_since(revision: str, paths: list[Path], root: Path = ROOT) -> bool:
+    """Whether anything under `paths` differs from `revision`: commits, edits, new files."""
+    scope = ["--", *(str(p) for p in paths)]
+    try:
+        diff = subprocess.run(
+            ["git", "diff", "--quiet", revision, *scope], cwd=root, capture_output=True, timeout=30
+        )
+        untracked = _git("ls-files", "--others", "--exclude-standard", *scope, root=root)
+    except (OSError, subprocess.SubprocessError):
+        diff = None
+    if diff is None or diff.returncode not in (0, 1):
+        raise UserError(
+            f"cannot compare with git revision {revision!r} here (a full clone with that "
+            "revision is needed; in GitHub Actions check out with fetch-depth: 0)"
+        )
+    return diff.returncode == 1 or bool(untracked)
 
 
 def is_shallow(root: Path = ROOT) -> bool:

@@ -187,6 +187,27 @@ def _refuse_clash(client, repository: str, candidates: list[str], creds) -> None
     )
 
 
+def push_tags(backend: Backend, tags: list[str] | tuple[str, ...]) -> list[str]:
+    """`latest` and every extra tag, checked: no dated tag goes through push."""
+    chosen = list(dict.fromkeys([LATEST, *tags]))
+    for tag in chosen:
+        check_tag(tag, "--tag")
+        if DATED.match(tag):
+            raise UserError(
+                f"--tag {tag} looks like a dated tag; use `nox -s tag-dated-{backend.name}`, "
+                "which never replaces a published one"
+            )
+    return chosen
+
+
+def dated_candidates(day: str | None, suffix: str, *, force_date: bool = False) -> list[str]:
+    """The dated tags to try, in order: one, or with --suffix auto the day and .1, .2, ..."""
+    chosen_day = publication_day(day, force=force_date)
+    if suffix == AUTO:
+        return [chosen_day, *(f"{chosen_day}.{n}" for n in range(1, MAX_AUTO_SUFFIX + 1))]
+    return [dated_tag(chosen_day, suffix)]
+
+
 def push_image(
     client,
     settings: Settings,
@@ -197,19 +218,11 @@ def push_image(
     allow_unverified: bool = False,
 ) -> None:
     """Push :latest and every extra tag of a verified image, skipping what is there."""
-    chosen = list(dict.fromkeys([LATEST, *tags]))
-    for tag in chosen:
-        check_tag(tag, "--tag")
-        if DATED.match(tag):
-            raise UserError(
-                f"--tag {tag} looks like a dated tag; use `nox -s tag-dated-{backend.name}`, "
-                "which never replaces a published one"
-            )
     _publish(
         client,
         settings,
         backend,
-        slots=[[tag] for tag in chosen],
+        slots=[[tag] for tag in push_tags(backend, tags)],
         replace=True,
         dry_run=dry_run,
         allow_unverified=allow_unverified,
@@ -228,16 +241,11 @@ def tag_dated_image(
     allow_unverified: bool = False,
 ) -> None:
     """Tag the verified image `YYYY-MM-DD[.suffix]` and push that tag, never replacing one."""
-    chosen_day = publication_day(day, force=force_date)
-    if suffix == AUTO:
-        candidates = [chosen_day, *(f"{chosen_day}.{n}" for n in range(1, MAX_AUTO_SUFFIX + 1))]
-    else:
-        candidates = [dated_tag(chosen_day, suffix)]
     _publish(
         client,
         settings,
         backend,
-        slots=[candidates],
+        slots=[dated_candidates(day, suffix, force_date=force_date)],
         replace=False,
         dry_run=dry_run,
         allow_unverified=allow_unverified,

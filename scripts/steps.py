@@ -107,6 +107,7 @@ PORTS_OPTION = option(
     "--ports", help=f"none, or +N to move the host ports (default ${ports.PORTS_VARIABLE})"
 )
 PUBLISH_OPTIONS = (
+    option("--load", metavar="TAR", help="docker load the image from TAR first (from --save)"),
     option("--dry-run", action="store_true", help="say what would be pushed; touch nothing"),
     option("--allow-unverified", action="store_true", help="publish without a passed verify"),
 )
@@ -131,14 +132,21 @@ PUBLISH_OPTIONS = (
         ),
         option("--load-parent", metavar="TAR", help="docker load the parent from TAR, build on it"),
         option("--save", metavar="TAR", help="docker save the built image to TAR"),
+        option(
+            "--pull-unchanged-since",
+            metavar="REV",
+            help="pull the published image instead when its ci/ folders are unchanged since REV",
+        ),
     ),
 )
 def build(ctx: Context, backend: Backend) -> None:
     o = ctx.options
     build_args = dict(_key_value(item) for item in o.build_arg)
     check_build_options(backend, build_args=build_args, target=o.target, save=o.save)
-    if o.save and o.target:
-        raise UserError("--save needs the whole image; it cannot be combined with --target")
+    if o.target and (o.save or o.pull_unchanged_since):
+        raise UserError(
+            "--target builds one stage: it takes neither --save nor --pull-unchanged-since"
+        )
     if o.load_parent:
         if backend.parent is None:
             raise UserError(f"--load-parent: {backend.name} has no parent to load")
@@ -151,6 +159,7 @@ def build(ctx: Context, backend: Backend) -> None:
         backend,
         built=ctx.built,
         build_parents=not (o.no_parent_build or o.load_parent),
+        reuse_since=o.pull_unchanged_since,
         build_args=build_args,
         target=o.target,
         network_mode=o.network,
@@ -205,6 +214,8 @@ def verify(ctx: Context, backend: Backend) -> None:
 )
 def push(ctx: Context, backend: Backend) -> None:
     o = ctx.options
+    publish.push_tags(backend, o.tags)  # checked before anything is loaded
+    _load_for_publishing(ctx, backend)
     publish.push_image(
         ctx.client,
         ctx.settings,
@@ -228,6 +239,8 @@ def push(ctx: Context, backend: Backend) -> None:
 )
 def tag_dated(ctx: Context, backend: Backend) -> None:
     o = ctx.options
+    publish.dated_candidates(o.date, o.suffix, force_date=o.force_date)  # checked first
+    _load_for_publishing(ctx, backend)
     publish.tag_dated_image(
         ctx.client,
         ctx.settings,
@@ -396,6 +409,12 @@ def cycle(ctx: Context, backend: Backend) -> None:
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+def _load_for_publishing(ctx: Context, backend: Backend) -> None:
+    """--load TAR: the image another job built and verified (its state dir comes along)."""
+    if ctx.options.load:
+        load_archive(ctx.client, ctx.options.load, ctx.settings.reference(backend))
 
 
 def _wait_ready_or_show_logs(container, backend: Backend) -> None:

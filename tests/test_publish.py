@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +18,7 @@ from scripts.credentials import credentials
 from scripts.errors import StepFailed, UserError
 from scripts.settings import load_settings
 from scripts.steps import STEPS
-from tests.nox_runner import nox
+from tests.nox_runner import ROOT, nox
 from tests.registry import DenyingLookups, LocalRegistry, docker_client
 
 IMAGE = "dask-gateway-ci-publishtest"
@@ -519,3 +521,135 @@ def test_a_denied_lookup_lets_the_push_decide(client, backend, build, registry, 
     assert proxy.denied >= 1
     assert f"pushed {reference}: " in err
     assert registry.manifest_digest(NAME, "latest") == _pushed_digest(err)
+
+
+# -- reuse of published images in pull requests, and images carried between jobs ----------
+
+
+def _tiny_project(root: Path, client) -> Path:
+    """This checkout's tooling with a ci/ of two tiny backends, in a git repository of its own.
+
+    `tiny` is built FROM a local scratch image, `leaf` FROM `tiny`: the same
+    mechanism as base and slurm, with images small enough to push in a second.
+    """
+    import shutil
+    import subprocess
+
+    project = root / "project"
+    project.mkdir()
+    for name in ("noxfile.py", "pyproject.toml"):
+        shutil.copy(ROOT / name, project / name)
+    shutil.copytree(
+        ROOT / "scripts", project / "scripts", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    seed = root / "seed"
+    seed.mkdir()
+    (seed / "Dockerfile").write_text("FROM scratch\nCOPY seed /seed\n")
+    (seed / "seed").write_text(uuid.uuid4().hex)
+    client.images.build(path=str(seed), tag=f"{SEED}:1", rm=True)
+    for name, parent in (("tiny", None), ("leaf", "tiny")):
+        folder = project / "ci" / name
+        (folder / "files" / "etc").mkdir(parents=True)
+        (folder / "files" / "etc" / f"{name}.conf").write_text(f"{name}\n")
+        (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY files/ /\n")
+        origin = f'parent = "{parent}"' if parent else f'from = "{SEED}:1"'
+        (folder / "backend.toml").write_text(
+            f'description = "{name}"\nimage = "publishtest-{name}"\nkind = "image"\n{origin}\n'
+        )
+    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "tiny"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *command],
+            cwd=project,
+            check=True,
+        )
+    return project
+
+
+SEED = "dask-gateway-ci-publishtest-seed"
+
+
+def _nox_in(project: Path, *args: str):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nox", *args],
+        cwd=project,
+        env={**os.environ, "NOX_SCRIPT_MODE": "none", "GITHUB_STEP_SUMMARY": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    print(f"$ nox {' '.join(args)} -> {done.returncode}\n{done.stdout[-4000:]}")
+    return done
+
+
+@docker
+def test_a_pull_request_builds_only_what_it_changes(client, registry, login, tmp_path):
+    project = _tiny_project(tmp_path, client)
+    repository = f"{registry.address}/publishtest"
+    try:
+        first = _nox_in(project, "-s", "build-leaf")
+        assert first.returncode == 0
+        published = {
+            n: client.images.get(f"{repository}/publishtest-{n}:latest").id
+            for n in ("tiny", "leaf")
+        }
+        pushed = _nox_in(project, "-s", "push", "--", "tiny", "leaf", "--allow-unverified")
+        assert pushed.returncode == 0
+        for name in ("tiny", "leaf"):
+            client.images.remove(f"{repository}/publishtest-{name}:latest")
+
+        unchanged = _nox_in(project, "-s", "build-leaf", "--", "--pull-unchanged-since", "HEAD")
+        assert unchanged.returncode == 0
+        for name in ("tiny", "leaf"):
+            assert (
+                f"pulled the published {repository}/publishtest-{name}:latest" in unchanged.stdout
+            )
+            assert (
+                client.images.get(f"{repository}/publishtest-{name}:latest").id == published[name]
+            )
+        assert "Step 1/" not in unchanged.stdout  # nothing was built
+
+        (project / "ci" / "leaf" / "files" / "etc" / "leaf.conf").write_text("changed\n")
+        changed = _nox_in(project, "-s", "build-leaf", "--", "--pull-unchanged-since", "HEAD")
+        assert changed.returncode == 0
+        assert f"pulled the published {repository}/publishtest-tiny:latest" in changed.stdout
+        assert f"built {repository}/publishtest-leaf:latest" in changed.stdout
+        assert client.images.get(f"{repository}/publishtest-leaf:latest").id != published["leaf"]
+
+        bad = _nox_in(project, "-s", "build-leaf", "--", "--pull-unchanged-since", "nosuchrev")
+        assert bad.returncode != 0 and "cannot compare with git revision 'nosuchrev'" in bad.stdout
+    finally:
+        for name in ("tiny", "leaf"):
+            with contextlib.suppress(Exception):
+                client.images.remove(f"{repository}/publishtest-{name}:latest", force=True)
+        with contextlib.suppress(Exception):
+            client.images.remove(f"{SEED}:1", force=True)
+
+
+@docker
+def test_push_loads_the_image_another_job_built_and_verified(client, registry, login, tmp_path):
+    """images.yaml: a job builds, verifies and saves; the publish job loads and pushes."""
+    project = _tiny_project(tmp_path, client)
+    reference = f"{registry.address}/publishtest/publishtest-tiny:latest"
+    archive = tmp_path / "tiny.tar"
+    try:
+        built = _nox_in(project, "-s", "build-tiny", "--", "--save", str(archive))
+        assert built.returncode == 0
+        image = client.images.get(reference).id
+        state.record_verified(image, "tiny", 1.0)  # as the verifying job's state dir carries it
+        client.images.remove(reference)
+        pushed = _nox_in(project, "-s", "push-tiny", "--", "--load", str(archive))
+        assert pushed.returncode == 0
+        assert f"loaded {reference} from {archive}" in pushed.stdout
+        assert registry.manifest_digest("publishtest/publishtest-tiny", "latest")
+        wrong = _nox_in(project, "-s", "push-leaf", "--", "--load", str(archive))
+        assert wrong.returncode != 0
+        assert f"holds {reference}, not" in wrong.stdout
+    finally:
+        with contextlib.suppress(Exception):
+            client.images.remove(reference, force=True)
+        with contextlib.suppress(Exception):
+            client.images.remove(f"{SEED}:1", force=True)

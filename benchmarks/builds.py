@@ -1,0 +1,76 @@
+"""How long builds take: cold, unchanged, and after a configuration edit.
+
+    python benchmarks/builds.py [--cold] [BACKEND]      (default: slurm)
+
+- unchanged: `nox -s build-<backend>` again with nothing changed (all cache).
+- config edit: the same, in a copy of the checkout whose backend's first
+  file under files/etc/ got one more comment line: only the layers after
+  the configuration's COPY may rebuild.
+- cold (--cold): `--no-cache`, every layer of the backend and its parents.
+
+Targets (issue 12): unchanged <= 1 s; a config edit rebuilds only the layers after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, nox, table
+
+CACHED = re.compile(r"^built \S+: \S+ \((\d+)/(\d+) steps from cache\)", re.M)
+
+
+def in_copy(backend: str) -> tuple[float, str]:
+    """Build in a copy of the checkout with one comment added to a config file."""
+    with tempfile.TemporaryDirectory(prefix="bench-build-") as folder:
+        copy = Path(folder) / "checkout"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".nox", "__pycache__"))
+        config = sorted((copy / "ci" / backend / "files" / "etc").rglob("*.conf"))[0]
+        config.write_text(config.read_text() + "\n# benchmark edit\n")
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "nox", "-s", f"build-{backend}"],
+            cwd=copy,
+            env={**os.environ, "NOX_SCRIPT_MODE": "none"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.exit(done.stdout[-3000:])
+        return elapsed, f"{config.relative_to(copy)}: " + steps(done.stdout)
+
+
+def steps(output: str) -> str:
+    found = CACHED.findall(output)
+    return ", ".join(f"{cached}/{total} from cache" for cached, total in found)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold", action="store_true")
+    parser.add_argument("backend", nargs="?", default="slurm")
+    args = parser.parse_args()
+    rows = []
+    if args.cold:
+        seconds, output = nox("-s", f"build-{args.backend}", "--", "--no-cache")
+        rows.append((f"cold (--no-cache), base + {args.backend}", seconds, steps(output)))
+    nox("-s", f"build-{args.backend}")  # make sure the cache is warm
+    seconds, output = nox("-s", f"build-{args.backend}")
+    rows.append(("unchanged rebuild", seconds, steps(output)))
+    seconds, note = in_copy(args.backend)
+    rows.append(("config edit rebuild", seconds, note))
+    table("Build times (seconds, wall clock)", ("measured", "seconds", "layers"), rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""How fast a started container accepts work: our `start` against the floor and upstream.
+
+    python benchmarks/ready.py [--rounds N] [BACKEND...]      (default: slurm pbs)
+
+For each backend whose image is here (`nox -s build-<backend>`), per round:
+
+- floor: `docker run`, then a job submitted as fast as the engine allows
+  (every 0.05 s) until one runs: the services' own time to ready.
+- start: `nox -s start -- <backend>` until it returns (nox, our readiness
+  checks and their polling included), then one job, which must run at once.
+- upstream: the method of upstream dask-gateway's start.sh, reimplemented:
+  `docker run`, then `docker logs` every 1 s until its signal (slurm: five
+  "entered RUNNING state" lines; pbs: "Entering sleep", then its 3 s sleep),
+  then one job with no waiting: "no job" counts rounds where it was not ready.
+
+Prints one table: measured, runs, median seconds, ratio to the floor.
+Targets (issue 12): slurm start <= 3.0 s and <= 1.3x its floor; pbs <= 6 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+
+from common import median, nox, table
+
+from scripts import containers
+from scripts.backends import load_all
+from scripts.engine import connect
+from scripts.settings import load_settings
+
+# A job that must run now, per backend (run as root in the container).
+JOB = {
+    "slurm": ["srun", "--immediate=5", "-n1", "-t1", "true"],
+    "pbs": ["timeout", "30", "/opt/pbs/bin/qsub", "-W", "block=true", "--", "/bin/true"],
+}
+# Upstream's start.sh readiness: a pattern in `docker logs`, how many times, extra sleep.
+UPSTREAM = {
+    "slurm": (r"entered RUNNING state", 5, 0.0),
+    "pbs": (r"Entering sleep", 1, 3.0),
+}
+FAST_POLL = 0.05
+TIMEOUT = 240
+
+
+def job_runs(container, backend: str, user: str = "root") -> bool:
+    return containers.execute(container, JOB[backend], user=user).exit_code == 0
+
+
+def run_container(client, backend, name: str):
+    image = client.images.get(load_settings().reference(backend)).id
+    return containers.start(client, backend, image, name=name, ports={})
+
+
+def floor(client, backend) -> float:
+    started = time.monotonic()
+    container = run_container(client, backend, f"bench-floor-{backend.name}")
+    try:
+        while time.monotonic() - started < TIMEOUT:
+            if job_runs(container, backend.name):
+                return time.monotonic() - started
+            time.sleep(FAST_POLL)
+        raise SystemExit(f"{backend.name}: no job ran within {TIMEOUT}s")
+    finally:
+        containers.remove(container)
+
+
+def ours(client, backend) -> tuple[float, bool]:
+    env = {"DASK_GATEWAY_CI_PORTS": "none"}
+    nox("-s", f"stop-{backend.name}", env=env)
+    seconds, _ = nox("-s", f"start-{backend.name}", env=env)
+    container = client.containers.get(backend.container_name)
+    ran = job_runs(container, backend.name)
+    nox("-s", f"stop-{backend.name}", env=env)
+    return seconds, ran
+
+
+def upstream(client, backend) -> tuple[float, bool]:
+    pattern, count, extra_sleep = UPSTREAM[backend.name]
+    started = time.monotonic()
+    container = run_container(client, backend, f"bench-upstream-{backend.name}")
+    try:
+        while time.monotonic() - started < TIMEOUT:
+            logs = container.logs().decode(errors="replace")
+            if len(re.findall(pattern, logs)) >= count:
+                break
+            time.sleep(1)
+        time.sleep(extra_sleep)
+        seconds = time.monotonic() - started
+        return seconds, job_runs(container, backend.name)
+    finally:
+        containers.remove(container)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("backends", nargs="*", default=["slurm", "pbs"])
+    args = parser.parse_args()
+    client = connect()
+    declared = load_all()
+    rows = []
+    for name in args.backends:
+        backend = declared[name]
+        if not client.images.list(name=load_settings().reference(backend)):
+            print(f"{name}: no image here, skipped (nox -s build-{name})")
+            continue
+        floors, starts, upstreams = [], [], []
+        started_ok = upstream_ok = 0
+        for round_number in range(args.rounds):
+            floors.append(floor(client, backend))
+            seconds, ran = ours(client, backend)
+            starts.append(seconds)
+            started_ok += ran
+            seconds, ran = upstream(client, backend)
+            upstreams.append(seconds)
+            upstream_ok += ran
+            print(
+                f"{name} round {round_number + 1}: floor {floors[-1]:.2f}s, "
+                f"start {starts[-1]:.2f}s, upstream {upstreams[-1]:.2f}s",
+                flush=True,
+            )
+        base = median(floors)
+        rows += [
+            (f"{name}: floor (docker run -> a job ran)", args.rounds, base, 1.0, ""),
+            (
+                f"{name}: nox -s start (-> returned)",
+                args.rounds,
+                median(starts),
+                median(starts) / base,
+                f"a job ran right after in {started_ok}/{args.rounds}",
+            ),
+            (
+                f"{name}: upstream's log method",
+                args.rounds,
+                median(upstreams),
+                median(upstreams) / base,
+                f"no job yet in {args.rounds - upstream_ok}/{args.rounds}",
+            ),
+        ]
+    table(
+        "Start to ready (seconds)",
+        ("measured", "runs", "median s", "ratio to floor", "note"),
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
