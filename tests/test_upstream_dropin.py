@@ -29,7 +29,7 @@ import pytest
 from scripts import trust
 from scripts.backends import load_all
 from scripts.settings import load_settings
-from tests.nox_runner import ROOT, TEST_OWNER, nox, nox_env
+from tests.nox_runner import TEST_OWNER, nox, nox_env
 from tests.registry import free_port, unavailable
 
 pytestmark = pytest.mark.docker
@@ -174,16 +174,3 @@ def test_image_works_with_upstreams_scripts(engine, backend, tmp_path):
         assert container.logs()  # pbs's print_logs.sh is `docker logs pbs`
     finally:
         container.remove(force=True)
-
-
-def test_the_flags_are_upstreams(tmp_path):
-    """The data above is what upstream's scripts say, where they are checked out beside us."""
-    upstream = ROOT.parent / "upstream" / "dask-gateway-2026.3.0" / "continuous_integration"
-    if not upstream.is_dir():
-        pytest.skip("no upstream dask-gateway checkout beside this one (optional)")
-    for backend, way in UPSTREAM.items():
-        start = (upstream / "docker" / backend / "start.sh").read_text()
-        assert way.signal in start
-        assert all(f"--cap-add={cap}" in start for cap in way.flags)
-        install = (upstream / "docker" / backend / "_install.sh").read_text()
-        assert " ".join(way.mamba) in install
