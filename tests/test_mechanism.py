@@ -103,17 +103,16 @@ def test_source_must_be_a_checkout_with_tests(tmp_path, monkeypatch):
 
 
 def test_step_registry_is_the_one_table():
-    """Each step: a function, a one-line description, a scope; listed in this order."""
-    assert list(steps.STEPS) == [
-        "build", "verify", "push", "tag-dated",
-        "start", "install", "test", "print-logs", "stop", "cycle",
-    ]  # fmt: skip
+    """Each step: a function, a one-line description, a scope; the README's steps first."""
+    documented = ["build", "verify", "push", "tag-dated", "start", "install", "test"]
+    documented += ["print-logs", "stop", "cycle"]
+    assert list(steps.STEPS)[: len(documented)] == documented
     for step in steps.STEPS.values():
         assert callable(step.function)
         assert step.scope in (backends.IMAGE, backends.SERVICES)
         assert "\n" not in step.describe("slurm") and step.describe(None).endswith("BACKEND...")
     image_steps = {s.name for s in steps.STEPS.values() if s.scope == backends.IMAGE}
-    assert image_steps == {"build", "verify", "push", "tag-dated"}
+    assert {"build", "verify", "push", "tag-dated"} <= image_steps
     assert ALL["base"].kind == backends.IMAGE and not ALL["base"].runs_services
 
 
