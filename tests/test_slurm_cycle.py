@@ -83,7 +83,7 @@ def test_full_cycle_with_conformance_tests(engine, env, built, no_container):
 
     logs = nox("-s", "print-logs", "--", "slurm", env=env)
     assert logs.returncode == 0
-    for heading in ("supervisorctl status", "/var/log/slurm/slurmctld.log", "slurmd.log"):
+    for heading in ("supervisorctl status", "/var/log/supervisor/slurmctld.log", "slurmd.log"):
         assert any(heading in line for line in logs.lines if line.startswith("==>")), heading
     assert "RUNNING" in logs.output
 

@@ -7,6 +7,7 @@ The launcher comes from dask-gateway-server (`nox -s install -- slurm`).
 
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -183,3 +184,36 @@ def test_opt_python_on_path_inside_jobs_under_sudo():
     path = f"/home/alice/conformance-python-{job}"
     assert launch("alice", ["cat", path])["stdout"].strip() == "/opt/python/bin/python"
     launch("alice", ["rm", "-f", path])
+
+
+def slurmd_pid() -> int:
+    return int(Path("/run/slurm/slurmd.pid").read_text())
+
+
+def test_export_names_job_gets_the_login_environment_and_slurmd_survives():
+    # IMAGE-CONTRACT.md, drop-in: slurm starts with no added capability and
+    # runs dask-gateway's jobs, submitted with --export=NAMES. slurmd adds
+    # the user's login environment to such jobs (`su - alice`, whose live
+    # output the image's smoke check compares as root), without the
+    # CAP_SYS_ADMIN it used to need: it died loading it before.
+    before = slurmd_pid()
+    job = submit("alice", 'env -0 > "/home/alice/conformance-env-$SLURM_JOB_ID"')
+    assert accounting(job)[2:] == ["COMPLETED", "0:0"]
+    path = f"/home/alice/conformance-env-{job}"
+    dump = launch("alice", ["cat", path])["stdout"]
+    launch("alice", ["rm", "-f", path])
+    env = dict(entry.split("=", 1) for entry in dump.split("\0") if "=" in entry)
+    account = pwd.getpwnam("alice")
+    login = {
+        "HOME": account.pw_dir,
+        "SHELL": account.pw_shell,
+        "USER": "alice",
+        "LOGNAME": "alice",
+        "MAIL": "/var/mail/alice",
+    }
+    assert {name: env.get(name) for name in login} == login
+    assert env["PATH"].split(":")[:2] == ["/opt/python/bin", "/usr/local/bin"], env["PATH"]
+    # The named variable arrives with the value it had at submission.
+    assert env["CONFORMANCE_USER"] == "alice"
+    assert env["SLURM_JOB_ID"] == job
+    assert slurmd_pid() == before and Path(f"/proc/{before}").exists(), "slurmd restarted"
