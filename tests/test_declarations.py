@@ -237,9 +237,10 @@ def test_dockerfile_builds_from_the_base_image_argument(name):
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_image_ends_with_supervisord(name):
+def test_image_ends_with_start_services(name):
+    """supervisord, woken at once (ci/base/files/usr/local/bin/start-services)."""
     last_cmd = [i for i in instructions(CI / name / "Dockerfile") if i.keyword == "CMD"][-1]
-    assert last_cmd.value == '["supervisord", "-n", "-c", "/etc/supervisor/supervisord.conf"]'
+    assert last_cmd.value == '["start-services"]'
 
 
 @pytest.mark.parametrize("name", [*SERVICES, "base"])
