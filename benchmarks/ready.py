@@ -30,10 +30,10 @@ from scripts.backends import load_all
 from scripts.engine import connect
 from scripts.settings import load_settings
 
-# A job that must run now, per backend (run as root in the container).
+# A job that must run now, per backend, and who submits it (PBS refuses root's jobs).
 JOB = {
-    "slurm": ["srun", "--immediate=5", "-n1", "-t1", "true"],
-    "pbs": ["timeout", "30", "/opt/pbs/bin/qsub", "-W", "block=true", "--", "/bin/true"],
+    "slurm": ("root", ["srun", "--immediate=5", "-n1", "-t1", "true"]),
+    "pbs": ("dask", ["timeout", "30", "/opt/pbs/bin/qsub", "-W", "block=true", "--", "/bin/true"]),
 }
 # Upstream's start.sh readiness: a pattern in `docker logs`, how many times, extra sleep.
 UPSTREAM = {
@@ -44,8 +44,9 @@ FAST_POLL = 0.05
 TIMEOUT = 240
 
 
-def job_runs(container, backend: str, user: str = "root") -> bool:
-    return containers.execute(container, JOB[backend], user=user).exit_code == 0
+def job_runs(container, backend: str) -> bool:
+    user, command = JOB[backend]
+    return containers.execute(container, command, user=user).exit_code == 0
 
 
 def run_container(client, backend, name: str):

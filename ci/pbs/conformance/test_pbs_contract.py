@@ -76,6 +76,15 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
         time.sleep(1)
 
 
+def processes() -> dict[str, Path]:
+    """Running processes by name (comm), each with its /proc directory."""
+    found = {}
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):  # the process may have exited
+            found[comm.read_text().strip()] = comm.parent
+    return found
+
+
 def qsub_argv(name: str, script: str) -> list[str]:
     """qsub as dask-gateway's PBS backend calls it: output joined, then removed."""
     return [
@@ -155,11 +164,8 @@ def test_dask_is_a_pbs_operator():
 
 
 def test_server_scheduler_comm_and_mom_run_on_this_host():
-    running = set()
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        with contextlib.suppress(OSError):  # the process may have exited
-            running.add(comm.read_text().strip())
-    assert not set(DAEMONS) - running, f"not running: {set(DAEMONS) - running}"
+    missing = set(DAEMONS) - set(processes())
+    assert not missing, f"not running: {missing}"
 
     assert re.search(rf"server_host = {HOSTNAME}\b", pbs("qstat", "-B", "-f"))
     node = pbs("pbsnodes", HOSTNAME)
@@ -192,9 +198,11 @@ def test_job_as_dask_user_through_sudo(user):
     job_id = reply["stdout"].strip()
     SUBMITTED.append(job_id)
 
+    # The job checks its own user: exit status 0 means it ran as `user`.
+    # (qstat shows the execution user, euser, to managers only; dask is an
+    # operator.)
     attributes = wait_finished(job_id)
     assert attributes["Job_Owner"].partition("@")[0] == user
-    assert attributes.get("euser") == user
     assert attributes.get("Exit_status") == "0", attributes
 
 
@@ -212,9 +220,15 @@ def test_several_jobs_run_at_once():
         wait_finished(job)
 
 
-def test_container_has_cap_sys_resource():
+def test_sys_resource_raises_the_mom_limits_where_granted():
+    # The capability is optional: where the engine grants it, pbs_init.d's
+    # limits.pbs_mom lifts the mom's locked-memory limit, which the jobs
+    # inherit; elsewhere every other test here shows that PBS runs without it.
     status = Path("/proc/self/status").read_text()
     bounding = next(
         int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapBnd:")
     )
-    assert bounding & (1 << CAP_SYS_RESOURCE), "run with --cap-add SYS_RESOURCE"
+    if not bounding & (1 << CAP_SYS_RESOURCE):
+        pytest.skip("the engine did not grant CAP_SYS_RESOURCE")
+    limits = (processes()["pbs_mom"] / "limits").read_text()
+    assert re.search(r"^Max locked memory\s+unlimited\s+unlimited", limits, re.M), limits
