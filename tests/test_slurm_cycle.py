@@ -50,7 +50,7 @@ def test_verify_slurm_runs_a_job_and_cleans_up(engine, env, built):
     before = container_names(engine)
     run = nox("-s", "verify-slurm", env=env)
     assert run.returncode == 0, run.output
-    assert "ok: batch job as alice, with its accounting record" in run.output
+    assert "ok: batch job as alice, submitted as dask-gateway does" in run.output
     assert container_names(engine) == before
 
 
