@@ -238,3 +238,17 @@ class DenyingLookups:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def engine_grants(engine, image: str, capability: str) -> bool:
+    """Whether this engine can start a container of `image` with `capability` added."""
+    from docker.errors import APIError
+
+    container = engine.containers.create(image, ["true"], cap_add=[capability], entrypoint=[])
+    try:
+        container.start()
+    except APIError:
+        return False
+    finally:
+        container.remove(force=True)
+    return True

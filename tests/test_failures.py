@@ -20,7 +20,7 @@ import pytest
 from scripts import containers
 from scripts.backends import Backend, load_all
 from tests.nox_runner import ROOT, Run, aborted_line, nox, nox_env, our_containers
-from tests.registry import free_port
+from tests.registry import engine_grants, free_port
 
 SLURM = load_all()["slurm"]
 BASE = load_all()["base"]
@@ -338,14 +338,6 @@ def _tiny_backend(name: str, **fields) -> Backend:
     )
 
 
-def _engine_grants(engine, image: str, capability: str) -> bool:
-    try:
-        engine.containers.run(image, ["true"], cap_add=[capability], remove=True)
-    except Exception:
-        return False
-    return True
-
-
 @pytest.mark.docker
 def test_a_needed_capability_the_engine_refuses_is_one_line(engine, env, built):
     from scripts.errors import UserError
@@ -353,7 +345,7 @@ def test_a_needed_capability_the_engine_refuses_is_one_line(engine, env, built):
     image = base_image(engine, env)
     backend = _tiny_backend("needs-cap", needed_capabilities=("SYS_RESOURCE",))
     name = f"needs-cap-{int(time.time())}"
-    if _engine_grants(engine, image, "SYS_RESOURCE"):  # then it must simply be granted
+    if engine_grants(engine, image, "SYS_RESOURCE"):  # then it must simply be granted
         container = containers.start(engine, backend, image, name=name)
         try:
             assert "SYS_RESOURCE" in str(container.attrs["HostConfig"]["CapAdd"])
@@ -370,7 +362,7 @@ def test_a_needed_capability_the_engine_refuses_is_one_line(engine, env, built):
 def test_a_wanted_capability_the_engine_refuses_is_a_notice(engine, env, built, capsys):
     image = base_image(engine, env)
     backend = _tiny_backend("wants-cap", wanted_capabilities=("SYS_RESOURCE",))
-    granted = _engine_grants(engine, image, "SYS_RESOURCE")
+    granted = engine_grants(engine, image, "SYS_RESOURCE")
     container = containers.start(engine, backend, image, name=f"wants-cap-{int(time.time())}")
     try:
         container.reload()

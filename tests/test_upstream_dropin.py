@@ -30,7 +30,7 @@ from scripts import trust
 from scripts.backends import load_all
 from scripts.settings import load_settings
 from tests.nox_runner import TEST_OWNER, nox, nox_env
-from tests.registry import free_port, unavailable
+from tests.registry import engine_grants, free_port, unavailable
 
 pytestmark = pytest.mark.docker
 ALL = load_all()
@@ -86,14 +86,6 @@ def checkout(folder: Path, backend: str) -> Path:
     return folder
 
 
-def grants(engine, image: str, capability: str) -> bool:
-    try:
-        engine.containers.run(image, ["true"], cap_add=[capability], remove=True, entrypoint=[])
-    except Exception:
-        return False
-    return True
-
-
 def image_for(engine, backend: str) -> str:
     """slurm: built here by nox. pbs: the image built beside the tests, when there is one."""
     if backend == "slurm":
@@ -127,7 +119,7 @@ def test_image_works_with_upstreams_scripts(engine, backend, tmp_path):
     source = checkout(tmp_path / "dask-gateway", backend)
     volumes, environment = trust.forwarded()
     volumes[str(source)] = {"bind": "/working", "mode": "rw"}
-    caps = [cap for cap in way.flags if grants(engine, image, cap)]
+    caps = [cap for cap in way.flags if engine_grants(engine, image, cap)]
     print(f"capabilities added: {caps or 'none'} (upstream asks for {list(way.flags) or 'none'})")
     container = engine.containers.run(
         image,
