@@ -3,9 +3,9 @@
     python benchmarks/builds.py [--cold] [BACKEND]      (default: slurm)
 
 - unchanged: `nox -s build-<backend>` again with nothing changed (all cache).
-- config edit: the same, in a copy of the checkout whose backend's first
-  file under files/etc/ got one more comment line: only the layers after
-  the configuration's COPY may rebuild.
+- config edit: the same, in a copy of the checkout where one configuration
+  file (--edit, default the slurm.conf people edit) got one more comment
+  line: only the layers after that file's COPY may rebuild.
 - cold (--cold): `--no-cache`, every layer of the backend and its parents.
 
 Targets (issue 12): unchanged <= 1 s; a config edit rebuilds only the layers after it.
@@ -28,12 +28,12 @@ from common import ROOT, nox, table
 CACHED = re.compile(r"^built \S+: \S+ \((\d+)/(\d+) steps from cache\)", re.M)
 
 
-def in_copy(backend: str) -> tuple[float, str]:
+def in_copy(backend: str, edit: str) -> tuple[float, str]:
     """Build in a copy of the checkout with one comment added to a config file."""
     with tempfile.TemporaryDirectory(prefix="bench-build-") as folder:
         copy = Path(folder) / "checkout"
         shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".nox", "__pycache__"))
-        config = sorted((copy / "ci" / backend / "files" / "etc").rglob("*.conf"))[0]
+        config = copy / edit
         config.write_text(config.read_text() + "\n# benchmark edit\n")
         started = time.perf_counter()
         done = subprocess.run(
@@ -58,6 +58,7 @@ def steps(output: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--edit", default="ci/slurm/files/etc/slurm/slurm.conf")
     parser.add_argument("backend", nargs="?", default="slurm")
     args = parser.parse_args()
     rows = []
@@ -67,7 +68,7 @@ def main() -> None:
     nox("-s", f"build-{args.backend}")  # make sure the cache is warm
     seconds, output = nox("-s", f"build-{args.backend}")
     rows.append(("unchanged rebuild", seconds, steps(output)))
-    seconds, note = in_copy(args.backend)
+    seconds, note = in_copy(args.backend, args.edit)
     rows.append(("config edit rebuild", seconds, note))
     table("Build times (seconds, wall clock)", ("measured", "seconds", "layers"), rows)
 

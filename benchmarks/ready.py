@@ -4,8 +4,10 @@
 
 For each backend whose image is here (`nox -s build-<backend>`), per round:
 
-- floor: `docker run`, then a job submitted as fast as the engine allows
-  (every 0.05 s) until one runs: the services' own time to ready.
+- floor: `docker run`, then the declared readiness checks (the last of
+  which runs a job) every 0.05 s, with no nox and no back-off: the
+  services' own time to ready. (Submitting a job blindly is no floor: an
+  `srun` sent before slurmctld listens waits out its own retries.)
 - start: `nox -s start -- <backend>` until it returns (nox, our readiness
   checks and their polling included), then one job, which must run at once.
 - upstream: the method of upstream dask-gateway's start.sh, reimplemented:
@@ -49,6 +51,11 @@ def job_runs(container, backend: str) -> bool:
     return containers.execute(container, command, user=user).exit_code == 0
 
 
+def passes(container, check) -> bool:
+    result = containers.run_check(container, check)
+    return check.matches(result.exit_code, result.output)
+
+
 def run_container(client, backend, name: str):
     image = client.images.get(load_settings().reference(backend)).id
     return containers.start(client, backend, image, name=name, ports={})
@@ -59,7 +66,7 @@ def floor(client, backend) -> float:
     container = run_container(client, backend, f"bench-floor-{backend.name}")
     try:
         while time.monotonic() - started < TIMEOUT:
-            if job_runs(container, backend.name):
+            if all(passes(container, check) for check in backend.ready_checks):
                 return time.monotonic() - started
             time.sleep(FAST_POLL)
         raise SystemExit(f"{backend.name}: no job ran within {TIMEOUT}s")
