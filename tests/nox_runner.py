@@ -36,6 +36,27 @@ def nox_env(state_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def start_nox(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    """`nox ARGS...` in the background, stdout and stderr together, read as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nox", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def fake_checkout(folder: Path, test_module: str, body: str) -> Path:
+    """A stand-in dask-gateway checkout: tests/requirements.txt and one test module."""
+    (folder / "tests").mkdir(parents=True)
+    (folder / "tests" / "requirements.txt").write_text("pytest\n")
+    (folder / "tests" / test_module).write_text(body)
+    folder.chmod(0o777)
+    return folder
+
+
 def nox(*args: str, env: dict[str, str], timeout: float = 1800) -> Run:
     """`nox ARGS...`, stdout and stderr together, echoed for the test log."""
     done = subprocess.run(

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,12 +17,21 @@ import pytest
 
 from scripts import containers
 from scripts.backends import Backend, load_all
-from tests.nox_runner import ROOT, Run, aborted_line, nox, nox_env, our_containers
+from tests.conftest import PORT_OFFSET
+from tests.nox_runner import (
+    ROOT,
+    Run,
+    aborted_line,
+    fake_checkout,
+    nox,
+    nox_env,
+    our_containers,
+    start_nox,
+)
 from tests.registry import engine_grants, free_port
 
 SLURM = load_all()["slurm"]
 BASE = load_all()["base"]
-OFFSET = 20000  # host ports of these tests: declared + OFFSET
 TABLE = ROOT / "docs" / "failures.md"
 
 
@@ -108,18 +115,6 @@ def test_bad_owner_or_registry_is_one_line_before_the_engine(offline_env, extra,
 # -- against the engine ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return nox_env(tmp_path_factory.mktemp("state"), DASK_GATEWAY_CI_PORTS=f"+{OFFSET}")
-
-
-@pytest.fixture(scope="module")
-def built(engine, env):
-    run = nox("-s", "build-slurm", env=env)
-    assert run.returncode == 0, run.output[-3000:]
-    return run
-
-
 @pytest.fixture
 def clean(engine, env, built):
     """No slurm container before; after `stop`, nothing else of ours is left (the promise)."""
@@ -181,12 +176,14 @@ def test_start_names_the_container_holding_a_host_port(engine, env, clean):
         ["sleep", "300"],
         detach=True,
         name=f"port-holder-{int(time.time())}",
-        ports={"80/tcp": ("127.0.0.1", 8786 + OFFSET)},
+        ports={"80/tcp": ("127.0.0.1", 8786 + PORT_OFFSET)},
     )
     try:
         run = nox("-s", "start-slurm", env=env)
         line = one_line_failure(run)
-        assert f"host port {8786 + OFFSET} (for 8786) is taken by container {holder.name}" in line
+        assert (
+            f"host port {8786 + PORT_OFFSET} (for 8786) is taken by container {holder.name}" in line
+        )
         assert "--ports +10000" in line and "--ports none" in line
         assert SLURM.container_name not in {c.name for c in engine.containers.list(all=True)}
     finally:
@@ -196,11 +193,11 @@ def test_start_names_the_container_holding_a_host_port(engine, env, clean):
 @pytest.mark.docker
 def test_start_names_another_process_holding_a_host_port(engine, env, clean):
     with socket.socket() as held:
-        held.bind(("127.0.0.1", 8088 + OFFSET))
+        held.bind(("127.0.0.1", 8088 + PORT_OFFSET))
         held.listen()
         run = nox("-s", "start-slurm", env=env)
     line = one_line_failure(run)
-    assert f"host port {8088 + OFFSET} (for 8088) is taken by another process" in line
+    assert f"host port {8088 + PORT_OFFSET} (for 8088) is taken by another process" in line
 
 
 @pytest.mark.docker
@@ -232,14 +229,7 @@ def test_start_with_another_source_says_which_is_mounted(engine, env, clean, tmp
 
 def _run_until(args: list[str], env: dict, marker: str, timeout: float = 300):
     """Start `nox ARGS`, read its output until `marker`; returns (process, output so far)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nox", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_nox(*args, env=env)
     seen = []
     deadline = time.monotonic() + timeout
     for line in process.stdout:
@@ -269,14 +259,12 @@ def test_ctrl_c_during_start_removes_the_half_started_container(engine, env, cle
 
 @pytest.mark.docker
 def test_ctrl_c_during_test_stops_pytest_in_the_container(engine, env, clean, tmp_path):
-    source = tmp_path / "dask-gateway"
-    (source / "tests").mkdir(parents=True)
-    (source / "tests" / "requirements.txt").write_text("pytest\n")
-    (source / "tests" / "test_slurm_backend.py").write_text(
+    source = fake_checkout(
+        tmp_path / "dask-gateway",
+        "test_slurm_backend.py",
         "import time\n\ndef test_takes_long():\n    print('started', flush=True)\n"
-        "    time.sleep(600)\n"
+        "    time.sleep(600)\n",
     )
-    source.chmod(0o777)
     env = {**env, "DASK_GATEWAY_SOURCE": str(source)}
     assert nox("-s", "start-slurm", env=env).returncode == 0
     assert nox("-s", "install-slurm", env=env).returncode == 0
@@ -304,14 +292,12 @@ def test_start_on_an_unhealthy_running_container_prints_its_logs(engine, env, cl
 
 @pytest.mark.docker
 def test_a_suite_that_skipped_everything_fails(engine, env, clean, tmp_path):
-    source = tmp_path / "dask-gateway"
-    (source / "tests").mkdir(parents=True)
-    (source / "tests" / "requirements.txt").write_text("pytest\n")
-    (source / "tests" / "test_slurm_backend.py").write_text(
+    source = fake_checkout(
+        tmp_path / "dask-gateway",
+        "test_slurm_backend.py",
         "import pytest\n\npytest.importorskip('no_such_module_here')\n\n"
-        "def test_never_runs():\n    pass\n"
+        "def test_never_runs():\n    pass\n",
     )
-    source.chmod(0o777)
     env = {**env, "DASK_GATEWAY_SOURCE": str(source)}
     assert nox("-s", "start-slurm", env=env).returncode == 0
     assert nox("-s", "install-slurm", env=env).returncode == 0

@@ -6,33 +6,16 @@ Runs on the real engine. The container name is the declared one
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 
 from scripts.backends import load_all
-from tests.nox_runner import ROOT, aborted_line, nox, nox_env, our_containers
+from tests.conftest import PORT_OFFSET
+from tests.nox_runner import aborted_line, fake_checkout, nox, our_containers, start_nox
 
 pytestmark = pytest.mark.docker
 SLURM = load_all()["slurm"]
-
-
-# Host ports are shared by everything on the machine: these tests move theirs.
-OFFSET = 20000
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return nox_env(tmp_path_factory.mktemp("state"), DASK_GATEWAY_CI_PORTS=f"+{OFFSET}")
-
-
-@pytest.fixture(scope="module")
-def built(engine, env):
-    run = nox("-s", "build-slurm", env=env)
-    assert run.returncode == 0, run.output
-    return run
 
 
 @pytest.fixture
@@ -61,7 +44,7 @@ def test_full_cycle_with_conformance_tests(engine, env, built, no_container):
     assert container.attrs["Config"]["Hostname"] == "slurm"
     ports = container.attrs["HostConfig"]["PortBindings"]
     assert {p: [(b["HostIp"], b["HostPort"]) for b in ports[p]] for p in ports} == {
-        f"{p}/tcp": [("127.0.0.1", str(p + OFFSET))] for p in (8000, 8786, 8088)
+        f"{p}/tcp": [("127.0.0.1", str(p + PORT_OFFSET))] for p in (8000, 8786, 8088)
     }
 
     again = nox("-s", "start-slurm", env=env)
@@ -103,17 +86,15 @@ def test_test_without_a_container_says_to_start_it(env, built, no_container):
 
 
 def test_source_checkout_is_mounted_and_used(engine, env, built, no_container, tmp_path):
-    source = tmp_path / "dask-gateway"
-    (source / "tests").mkdir(parents=True)
-    (source / "tests" / "requirements.txt").write_text("pytest\n")
-    (source / "tests" / "test_slurm_backend.py").write_text(
+    source = fake_checkout(
+        tmp_path / "dask-gateway",
+        "test_slurm_backend.py",
         "import os, getpass\n"
         "def test_runs_as_dask_in_working():\n"
         "    assert getpass.getuser() == 'dask'\n"
         "    assert os.getcwd() == '/working'\n"
-        "    assert os.environ['TEST_DASK_GATEWAY_SLURM'] == 'true'\n"
+        "    assert os.environ['TEST_DASK_GATEWAY_SLURM'] == 'true'\n",
     )
-    source.chmod(0o777)
     env = {**env, "DASK_GATEWAY_SOURCE": str(source)}
     assert nox("-s", "start-slurm", env=env).returncode == 0
     install = nox("-s", "install-slurm", env=env)
@@ -130,14 +111,7 @@ def test_killed_container_during_test_is_a_clear_failure_and_stop_cleans_up(
 ):
     assert nox("-s", "start-slurm", env=env).returncode == 0
     assert nox("-s", "install-slurm", env=env).returncode == 0
-    running = subprocess.Popen(
-        [sys.executable, "-m", "nox", "-s", "test-slurm"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    running = start_nox("-s", "test-slurm", env=env)
     seen = []
     deadline = time.monotonic() + 300
     for line in running.stdout:  # kill it once the tests are under way
