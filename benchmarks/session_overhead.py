@@ -11,35 +11,13 @@ image: `nox -s build-slurm`) and prints the time until it accepted a job.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import median, nox
 
 
-def timed(*args: str, env: dict[str, str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "nox", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"nox {' '.join(args)} failed:\n{done.stdout}")
-    return elapsed, done.stdout
-
-
-def median_of(repeat: int, *args: str, env: dict[str, str]) -> float:
-    return statistics.median(timed(*args, env=env)[0] for _ in range(repeat))
+def median_of(repeat: int, *args: str) -> float:
+    return median([nox(*args)[0] for _ in range(repeat)])
 
 
 def main() -> None:
@@ -47,30 +25,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--ready", action="store_true")
     args = parser.parse_args()
-    env = {**os.environ, "NOX_SCRIPT_MODE": "none"}
 
     rows = [
-        ("nox --version (nox alone)", median_of(args.repeat, "--version", env=env)),
-        ("nox -l (list every session)", median_of(args.repeat, "-l", env=env)),
-        ("nox -s stop-slurm (no container)", median_of(args.repeat, "-s", "stop-slurm", env=env)),
-        ("nox -s test -- nosuch (arg error)", 0.0),
+        ("nox --version (nox alone)", median_of(args.repeat, "--version")),
+        ("nox -l (list every session)", median_of(args.repeat, "-l")),
+        ("nox -s stop-slurm (no container)", median_of(args.repeat, "-s", "stop-slurm")),
+        ("nox -s test -- nosuch (arg error)", nox("-s", "test", "--", "nosuch", check=False)[0]),
     ]
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "nox", "-s", "test", "--", "nosuch"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-    )
-    rows[-1] = (rows[-1][0], time.perf_counter() - started)
     if args.ready:
-        timed("-s", "stop-slurm", env=env)
-        elapsed, output = timed("-s", "start-slurm", env=env)
-        ready = re.search(r"is ready after (\d+)s", output)
+        nox("-s", "stop-slurm")
+        elapsed, output = nox("-s", "start-slurm")
+        ready = re.search(r"is ready after ([\d.]+)s", output)
         rows.append(("nox -s start-slurm (to ready)", elapsed))
         if ready:
             rows.append(("  of which waiting for ready (s, as reported)", float(ready.group(1))))
-        timed("-s", "stop-slurm", env=env)
+        nox("-s", "stop-slurm")
 
     width = max(len(name) for name, _ in rows)
     print(f"{'what':<{width}}  seconds (median of {args.repeat})")

@@ -82,10 +82,6 @@ def changed_since(revision: str, paths: list[Path], root: Path = ROOT) -> bool:
     return diff.returncode == 1 or bool(untracked)
 
 
-def is_shallow(root: Path = ROOT) -> bool:
-    return _git("rev-parse", "--is-shallow-repository", root=root) == "true"
-
-
 def image_version(prov: Provenance) -> str:
     """A PEP 440 version: commit date, with the short revision as local part."""
     local = f"+g{prov.revision[:12]}" if prov.revision != "unknown" else ""

@@ -59,17 +59,14 @@ def fake_checkout(folder: Path, test_module: str, body: str) -> Path:
 
 def nox(*args: str, env: dict[str, str], timeout: float = 1800) -> Run:
     """`nox ARGS...`, stdout and stderr together, echoed for the test log."""
-    done = subprocess.run(
-        [sys.executable, "-m", "nox", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
-    print(f"$ nox {' '.join(args)}  -> {done.returncode}\n{done.stdout[-6000:]}")
-    return Run(done.returncode, done.stdout)
+    process = start_nox(*args, env=env)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    print(f"$ nox {' '.join(args)}  -> {process.returncode}\n{output[-6000:]}")
+    return Run(process.returncode, output)
 
 
 def aborted_line(run: Run) -> str:

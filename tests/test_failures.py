@@ -227,6 +227,15 @@ def test_start_with_another_source_says_which_is_mounted(engine, env, clean, tmp
     assert again.returncode == 0 and f"already running with {first}" in again.output
 
 
+def started_with_checkout(env: dict, tmp_path: Path, test_module: str) -> dict:
+    """slurm started and installed with a stand-in checkout; nox's env for it."""
+    source = fake_checkout(tmp_path / "dask-gateway", "test_slurm_backend.py", test_module)
+    env = {**env, "DASK_GATEWAY_SOURCE": str(source)}
+    assert nox("-s", "start-slurm", env=env).returncode == 0
+    assert nox("-s", "install-slurm", env=env).returncode == 0
+    return env
+
+
 def _run_until(args: list[str], env: dict, marker: str, timeout: float = 300):
     """Start `nox ARGS`, read its output until `marker`; returns (process, output so far)."""
     process = start_nox(*args, env=env)
@@ -259,15 +268,12 @@ def test_ctrl_c_during_start_removes_the_half_started_container(engine, env, cle
 
 @pytest.mark.docker
 def test_ctrl_c_during_test_stops_pytest_in_the_container(engine, env, clean, tmp_path):
-    source = fake_checkout(
-        tmp_path / "dask-gateway",
-        "test_slurm_backend.py",
+    env = started_with_checkout(
+        env,
+        tmp_path,
         "import time\n\ndef test_takes_long():\n    print('started', flush=True)\n"
         "    time.sleep(600)\n",
     )
-    env = {**env, "DASK_GATEWAY_SOURCE": str(source)}
-    assert nox("-s", "start-slurm", env=env).returncode == 0
-    assert nox("-s", "install-slurm", env=env).returncode == 0
     process, seen = _run_until(["-s", "test-slurm", "--", "-s"], env, "started")
     run = _interrupt(process, seen)
     line = one_line_failure(run)
@@ -292,15 +298,13 @@ def test_start_on_an_unhealthy_running_container_prints_its_logs(engine, env, cl
 
 @pytest.mark.docker
 def test_a_suite_that_skipped_everything_fails(engine, env, clean, tmp_path):
-    source = fake_checkout(
-        tmp_path / "dask-gateway",
-        "test_slurm_backend.py",
+    env = started_with_checkout(
+        env,
+        tmp_path,
         "import pytest\n\npytest.importorskip('no_such_module_here')\n\n"
         "def test_never_runs():\n    pass\n",
     )
-    env = {**env, "DASK_GATEWAY_SOURCE": str(source)}
-    assert nox("-s", "start-slurm", env=env).returncode == 0
-    assert nox("-s", "install-slurm", env=env).returncode == 0
+    source = Path(env["DASK_GATEWAY_SOURCE"])
     line = one_line_failure(nox("-s", "test-slurm", env=env))
     assert (
         "test tested nothing of slurm: tests/test_slurm_backend.py ran no test (1 skipped:" in line
