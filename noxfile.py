@@ -11,6 +11,7 @@ above makes nox create an environment with docker and packaging first.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -19,10 +20,24 @@ import nox
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scripts.backends import IMAGE, load_all, root_of
+from scripts.cli import OneLineParser
 from scripts.errors import UserError
-from scripts.steps import STEPS, OneLineParser, run
+from scripts.steps import STEPS, run
 
 nox.needs_version = ">=2025.2.9"
+
+
+class _NoUvNotice(logging.Filter):
+    """nox looks for uv before every session and says "uv binary not found."
+    when it is not installed (nox/virtualenv.py, uv_version). No session here
+    uses uv: on a machine without it, that line only suggests something is
+    missing, so it is left out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "uv binary not found."
+
+
+logging.getLogger("nox").addFilter(_NoUvNotice())
 # Sessions that only drive Docker need no virtualenv of their own.
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
@@ -36,7 +51,12 @@ except UserError as error:  # a malformed ci/*/backend.toml: one line, no traceb
 def _step_session(step, backend: str | None):
     def session(session: nox.Session) -> None:
         try:
-            run(step.name, list(session.posargs), fixed=backend)
+            run(
+                step.name,
+                list(session.posargs),
+                fixed=backend,
+                invoked_from=Path(session.invoked_from),
+            )
         except UserError as error:
             session.error(str(error))
 
@@ -86,6 +106,22 @@ def bootstrap_debian(session: nox.Session) -> None:
         session.error(str(error))
 
 
+@nox.session(python=False, default=False)
+def plan(session: nox.Session) -> None:
+    """Print what a workflow run builds, tests and publishes, for $GITHUB_OUTPUT.
+
+    KEY=VALUE lines: date, images, backends, advisory (see scripts/plan.py).
+    DASK_GATEWAY_CI_BACKENDS=slurm narrows it to those backends and their parents.
+    """
+    from scripts.plan import plan as make_plan
+    from scripts.plan import render
+
+    try:
+        print(render(make_plan(BACKENDS)), end="", flush=True)
+    except UserError as error:
+        session.error(str(error))
+
+
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 
@@ -106,6 +142,25 @@ def lint(session: nox.Session) -> None:
     from scripts.lint import run_linters
 
     run_linters(session)
+
+
+@nox.session(venv_backend="venv", default=False)
+def workflows(session: nox.Session) -> None:
+    """Run a GitHub workflow here with act: jobs on this host, a local registry for ghcr.io.
+
+    nox -s workflows -- images|test [--event push|pull_request|schedule|workflow_dispatch]
+    [--before REV] [--base REV] [--backends NAMES] [--dask-gateway DIR] [--registry HOST:PORT]
+    [--registry-dir DIR] [--job ID] [--run-id N] [--log FILE] [--repository DIR] [--offline]
+    """
+    from scripts.workflows import parse_options, run
+
+    try:
+        options = parse_options(session.posargs, Path(session.invoked_from))
+        _install_group(session, "workflows")
+        options.act = str(Path(session.bin) / "act")
+        run(options)
+    except UserError as error:
+        session.error(str(error))
 
 
 @nox.session(venv_backend="venv")

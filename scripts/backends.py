@@ -29,6 +29,7 @@ SCHEMA = {
     "description": str,
     "image": str,
     "kind": (IMAGE, SERVICES),
+    "blocking": bool,
     "parent": str,
     "from": str,
     "build": {"args": {str: str}},
@@ -41,7 +42,7 @@ SCHEMA = {
         "command": ARGV,
         "stop_timeout": float,
     },
-    "ready": {"timeout": float, "checks": [CHECK]},
+    "ready": {"timeout": float, "typical": float, "checks": [CHECK]},
     "smoke": [CHECK],
     "logs": {"status": ARGV, "files": [str]},
     "install": {"source": [ARGV], "conformance": [ARGV]},
@@ -51,6 +52,8 @@ CAPABILITY = re.compile(r"^[A-Z][A-Z_]*$")
 
 
 def describe(schema) -> str:
+    if schema is bool:
+        return "true or false"
     if schema is str:
         return "a string"
     if schema is int:
@@ -90,6 +93,8 @@ def validate(value, schema, where: str) -> None:
                 validate(item, schema[key], f"{where}.{key}" if where else key)
     elif schema is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif schema is bool:
+        ok = isinstance(value, bool)
     else:
         ok = isinstance(value, schema) and not isinstance(value, bool)
     if not ok:
@@ -120,6 +125,9 @@ class Backend:
     description: str
     image: str
     kind: str = SERVICES
+    # False: its failure holds back no other image (CI goes on, publishing
+    # leaves it out with a warning); see `blocking` in ci/README.md.
+    blocking: bool = True
     parent: str | None = None
     base_image: str | None = None  # the external image the root backend builds FROM
     build_args: dict[str, str] = field(default_factory=dict)
@@ -132,6 +140,8 @@ class Backend:
     command: tuple[str, ...] | None = None
     stop_timeout: float = 10.0
     ready_timeout: float = 180.0
+    # Seconds the services usually take: polled often until then (see containers).
+    ready_typical: float = 10.0
     ready_checks: tuple[Check, ...] = ()
     smoke: tuple[Check, ...] = ()
     log_status: tuple[str, ...] | None = None
@@ -223,6 +233,7 @@ def parse(name: str, folder: Path, data: dict) -> Backend:
         description=data["description"],
         image=data["image"],
         kind=data.get("kind", SERVICES),
+        blocking=data.get("blocking", True),
         parent=data.get("parent"),
         base_image=data.get("from"),
         build_args=dict(data.get("build", {}).get("args", {})),
@@ -239,6 +250,7 @@ def parse(name: str, folder: Path, data: dict) -> Backend:
         command=_non_empty(run.get("command"), f"{where}: run.command"),
         stop_timeout=float(run.get("stop_timeout", 10.0)),
         ready_timeout=float(ready.get("timeout", 180.0)),
+        ready_typical=float(ready.get("typical", 10.0)),
         ready_checks=tuple(
             _check(c, f"{where}: ready.checks[{i}]") for i, c in enumerate(ready.get("checks", []))
         ),

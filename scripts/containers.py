@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import log, trust
+from . import capabilities, log, trust
 from .backends import Backend, Check
 from .engine import first_line
 from .errors import StepFailed, UserError
@@ -23,16 +23,23 @@ from .errors import StepFailed, UserError
 STARTED_LABEL = "io.github.dask-gateway-ci.started"
 SOURCE_MOUNT = "/working"
 CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
-# Readiness is polled from FIRST_POLL seconds, backing off to LAST_POLL: a
-# service that is up at once is seen at once, a slow one costs few execs.
+# Readiness is polled every FIRST_POLL seconds for as long as the services
+# usually take (ready.typical), so a start returns within one poll of being
+# ready; after that, backing off to LAST_POLL: a slow start costs few execs.
 FIRST_POLL, LAST_POLL, BACKOFF = 0.1, 1.0, 1.6
 READY_TIMEOUT_VARIABLE = "DASK_GATEWAY_CI_READY_TIMEOUT"
-CAPS_REFUSED = re.compile(r"apply caps", re.I)
+# Docker: 409 "Conflict. The container name ... is already in use"; Podman: 500 "... the
+# container name ... is already in use ...".
+NAME_IN_USE = re.compile(r"container name .* is already in use", re.I)
 # A line says something when it has words; "*****" or "----" does not.
 WORDY = re.compile(r"[A-Za-z]{2,}")
 TELLING = re.compile(
     r"\b(down|error|fail\w*|refused|denied|not|cannot|can't|unable|no such|timed? ?out)\b", re.I
 )
+
+
+class NameTaken(Exception):
+    """A container of that name was created by someone else between look and create."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,12 @@ def find(client, name: str):
     from docker.errors import NotFound
 
     try:
-        return client.containers.get(name)
+        container = client.containers.get(name)
     except NotFound:
         return None
+    # Whatever session started it, its forwarded secrets never show in ours.
+    trust.hide_forwarded((container.attrs.get("Config") or {}).get("Env"))
+    return container
 
 
 def start(
@@ -63,7 +73,9 @@ def start(
     """Create and start a container; nothing is left behind when that fails.
 
     Wanted capabilities are dropped, with a notice, when the engine cannot
-    grant them; needed ones are an error naming the capability.
+    grant them; needed ones are an error naming the capability. Refusals are
+    recognised at create and at start, and a capability an engine dropped
+    without a word (Podman) is found missing in the container (capabilities.py).
     """
     from docker.errors import APIError
 
@@ -71,42 +83,95 @@ def start(
     if source is not None:
         volumes[str(source)] = {"bind": SOURCE_MOUNT, "mode": "rw"}
     environment.update(backend.environment)
+    needed = list(backend.needed_capabilities)
     wanted = list(backend.wanted_capabilities)
-    while True:
-        container = client.containers.create(
-            image,
-            command=list(backend.command) if backend.command else None,
-            name=name,
-            hostname=backend.hostname,
-            # Only this machine may reach the test services.
-            ports={f"{c}/tcp": ("127.0.0.1", h) for c, h in (ports or {}).items()},
-            cap_add=[*backend.needed_capabilities, *wanted] or None,
-            environment=environment,
-            volumes=volumes,
-            labels={STARTED_LABEL: backend.name},
+    # What this engine refused before is not asked again (a refused start costs
+    # a container create); a notice still says it runs without.
+    known = capabilities.remembered(client) & set(wanted) if wanted else set()
+    if known:
+        log.warn(
+            f"this engine cannot grant {', '.join(sorted(known))} (wanted by {backend.name}, "
+            "not needed; refused before); starting without"
         )
+        wanted = [c for c in wanted if c not in known]
+    while True:
+        container = None
         try:
+            container = client.containers.create(
+                image,
+                command=list(backend.command) if backend.command else None,
+                name=name,
+                hostname=backend.hostname,
+                # Only this machine may reach the test services.
+                ports={f"{c}/tcp": ("127.0.0.1", h) for c, h in (ports or {}).items()},
+                cap_add=[*needed, *wanted] or None,
+                environment=environment,
+                volumes=volumes,
+                labels={STARTED_LABEL: backend.name},
+            )
             container.start()
-            return container
         except APIError as error:
-            remove(container)
-            if not CAPS_REFUSED.search(first_line(error)):
+            if container is not None:
+                remove(container)
+            elif error.status_code == 409 or NAME_IN_USE.search(first_line(error)):
+                raise NameTaken(name) from None
+            if not (needed or wanted) or not capabilities.refused(first_line(error)):
                 raise
-            if wanted:
-                log.warn(
-                    f"this engine cannot grant {', '.join(wanted)} (wanted by {backend.name}, "
-                    "not needed); starting without"
-                )
-                wanted = []
-                continue
-            raise UserError(
-                f"this engine cannot grant {', '.join(backend.needed_capabilities)}, which "
-                f"{backend.name} needs (run.capabilities.needed in "
-                f"{backend.folder / 'backend.toml'}); use an engine that may add it"
-            ) from None
+            _refused(backend, needed, wanted, first_line(error))
+            capabilities.remember(client, wanted)
+            wanted = []
+            continue
         except BaseException:  # Ctrl-C between create and start included
-            remove(container)
+            if container is not None:
+                remove(container)
             raise
+        absent = _not_granted(container, [*needed, *wanted])
+        if any(c in absent for c in needed):
+            remove(container)
+            _refused(backend, [c for c in needed if c in absent], [], "not granted")
+        if absent:  # dropped without a word (Podman): it runs as it would without them
+            _refused(backend, [], [c for c in wanted if c in absent], "not granted")
+            capabilities.remember(client, absent)
+        return container
+
+
+def _refused(backend: Backend, needed: list[str], wanted: list[str], said: str) -> None:
+    """A refusal: a UserError when a needed capability is refused, else a notice."""
+    if needed:
+        raise UserError(
+            f"this engine cannot grant {', '.join(needed)}, which {backend.name} needs "
+            f"(run.capabilities.needed in {backend.folder / 'backend.toml'}; it said: {said}); "
+            "use an engine that may add it"
+        )
+    if not wanted:  # refused, yet nothing left to drop: say what the engine said
+        raise StepFailed(f"the engine refused the container's capabilities: {said}")
+    log.warn(
+        f"this engine cannot grant {', '.join(wanted)} (wanted by {backend.name}, "
+        "not needed); starting without"
+    )
+
+
+def _not_granted(container, asked: list[str]) -> list[str]:
+    """Asked-for capabilities missing from the container's PID 1 (engines that drop silently)."""
+    if not asked:
+        return []
+    try:
+        status = execute(container, ["cat", "/proc/1/status"])
+    except StepFailed:  # it ended already: nothing to read, nothing it could not do
+        return []
+    return capabilities.missing(asked, status.output) if status.exit_code == 0 else []
+
+
+def await_created(client, name: str, timeout: float = 30.0):
+    """The container `name` another process is creating (the engine reserves the
+    name before it can be looked up), or None when it does not appear."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = find(client, name)
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    return None
 
 
 def is_running(container, *, settle: bool = False) -> bool:
@@ -251,7 +316,8 @@ def wait_ready(container, backend: Backend) -> float:
             log.info(f"waiting for {backend.name} ({now - started:.0f}s): {pending}")
             last_report = now
         time.sleep(delay)
-        delay = min(LAST_POLL, delay * BACKOFF)
+        if now - started > backend.ready_typical:
+            delay = min(LAST_POLL, delay * BACKOFF)
 
 
 def run_smoke(container, backend: Backend) -> None:

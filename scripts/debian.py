@@ -157,9 +157,9 @@ def bootstrap(
         slim(rootfs)
         tarball = Path(workdir) / "rootfs.tar"
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
-        repository, _, tag = reference.rpartition(":")
         log.info(f"importing {reference}")
-        client.api.import_image_from_file(str(tarball), repository=repository, tag=tag)
+        # The whole reference as the repository: Podman ignores a separate tag.
+        client.api.import_image_from_file(str(tarball), repository=reference)
     created = image_id(client, reference)
     if created is None:
         raise StepFailed(f"docker import did not create {reference}")

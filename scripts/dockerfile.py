@@ -21,10 +21,15 @@ class Instruction:
 
 def instructions(dockerfile: Path) -> list[Instruction]:
     """Instructions with continuation lines joined and comments dropped."""
+    return parse(dockerfile.read_text())
+
+
+def parse(text: str) -> list[Instruction]:
+    """A Dockerfile's text as instructions (see `instructions`)."""
     result: list[Instruction] = []
     pending: list[str] = []
     start = 0
-    for number, raw in enumerate(dockerfile.read_text().splitlines(), 1):
+    for number, raw in enumerate(text.splitlines(), 1):
         stripped = raw.strip()
         if stripped.startswith("#") or (not stripped and not pending):
             continue  # comments, also those inside a continued instruction
@@ -43,9 +48,14 @@ def instructions(dockerfile: Path) -> list[Instruction]:
 
 def stages(dockerfile: Path) -> dict[str, list[Instruction]]:
     """Instructions per stage, by stage name ("" for the global ARGs, "#N" unnamed)."""
+    return stages_of(instructions(dockerfile))
+
+
+def stages_of(items: list[Instruction]) -> dict[str, list[Instruction]]:
+    """Instructions per stage (see `stages`)."""
     result: dict[str, list[Instruction]] = {"": []}
     current = ""
-    for instruction in instructions(dockerfile):
+    for instruction in items:
         if instruction.keyword == "FROM":
             words = instruction.value.split()
             if len(words) == 3 and words[1].lower() == "as":

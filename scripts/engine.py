@@ -24,7 +24,7 @@ FIXES = (
         "--ports none (or DASK_GATEWAY_CI_PORTS)",
     ),
     (
-        r"unable to apply caps|apply caps",
+        r"apply caps|invalid CapAdd|capabilit",
         "this engine cannot grant a capability the container asks for (see run.capabilities "
         "in the backend.toml)",
     ),
@@ -32,7 +32,7 @@ FIXES = (
     (r"target stage .* could not be found|failed to reach build target", "see --target"),
     (r"no space left on device", "free disk space, e.g. `docker system prune`"),
     (
-        r"conflict.*(container name|is already in use)",
+        r"conflict.*(container name|is already in use)|name .* is already in use",
         "a container of that name exists: `nox -s stop -- BACKEND` removes it",
     ),
     (r"timed out|timeout", "the engine did not answer in time; is it overloaded?"),
@@ -60,6 +60,26 @@ def connect(timeout: int = 600):
             f"Docker engine not reachable at {where} ({first_line(error)}); {START_HINT}"
         ) from None
     return client
+
+
+# Image stores, which differ in what users see: IDs, sizes, build cache.
+CLASSIC, CONTAINERD, PODMAN = "classic", "containerd", "podman"
+
+
+def image_store(client) -> str:
+    """CLASSIC (Docker's graph drivers), CONTAINERD (Docker's containerd image
+    store, the default of fresh Docker 29 installs) or PODMAN."""
+    components = client.version().get("Components") or []
+    if any("podman" in str(c.get("Name", "")).lower() for c in components):
+        return PODMAN
+    status = dict(tuple(pair) for pair in client.info().get("DriverStatus") or [] if len(pair) == 2)
+    return CONTAINERD if "containerd.snapshotter" in status.get("driver-type", "") else CLASSIC
+
+
+def engine_id(client) -> str:
+    """The engine's own ID (Docker's daemon ID; Podman's host name and version)."""
+    info = client.info()
+    return str(info.get("ID") or f"{info.get('Name', '')}-{info.get('ServerVersion', '')}")
 
 
 class LazyClient:
@@ -94,12 +114,16 @@ def explain(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def engine_errors(doing: str) -> Iterator[None]:
-    """Turn any Docker SDK or transport error raised while `doing` into one UserError line."""
+def engine_errors(doing: str, backend: str | None = None) -> Iterator[None]:
+    """Turn any Docker SDK or transport error raised while `doing` into one UserError line.
+
+    `backend` fills in the commands the fix names (`nox -s stop -- slurm`).
+    """
     from docker.errors import DockerException
     from requests.exceptions import RequestException
 
     try:
         yield
     except (DockerException, RequestException) as error:
-        raise UserError(log.censor(f"{doing} failed: {explain(error)}")) from None
+        said = explain(error).replace("BACKEND", backend or "BACKEND")
+        raise UserError(log.censor(f"{doing} failed: {said}")) from None

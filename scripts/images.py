@@ -7,25 +7,43 @@ declared external image (pulled or bootstrapped once, beforehand).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import re
 import tarfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import log
 from .backends import Backend, ancestors
-from .dockerfile import stage_names
-from .engine import first_line
+from .distribution import RegistryAPI
+from .dockerfile import parse, stage_names, stages_of
+from .engine import CONTAINERD, first_line, image_store
 from .errors import StepFailed, UserError
-from .provenance import changed_since, oci_labels, provenance
-from .settings import Settings
+from .provenance import (
+    BACKEND_LABEL,
+    LABEL_PREFIX,
+    changed_since,
+    has_commit,
+    oci_labels,
+    provenance,
+)
+from .settings import LATEST, Settings
+from .summary import human_size
 
-STEP_LINE = re.compile(r"^Step \d+/\d+ : .*")
+# The classic builder says "Step 3/19 : RUN ...", Podman (buildah) "STEP 3/19: RUN ...";
+# a cached step is " ---> Using cache" there, "--> Using cache <id>" here.
+STEP_LINE = re.compile(r"^(?:Step \d+/\d+ : |STEP \d+/\d+: ).*")
+CACHED_LINE = re.compile(r"^\s*-{2,3}> Using cache\b")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-BUILDER_CHATTER = re.compile(r"^\s*(---> |Removing intermediate container|\+ )")
+BUILDER_CHATTER = re.compile(
+    r"^\s*(-{2,3}> |Removing intermediate container|COMMIT |Successfully (built|tagged) |\+ )"
+)
 PARENT_ARG = "BASE_IMAGE"
+REVISION_LABEL = f"{LABEL_PREFIX}.revision"
 
 
 @dataclass
@@ -60,7 +78,7 @@ class BuildStream:
                     self.step = line
                     self.steps += 1
                     self.tail = []  # last words are the failing step's own
-                elif line.strip() == "---> Using cache":
+                elif CACHED_LINE.match(line):
                     self.cached_steps += 1
                 self.tail = [*self.tail, line][-20:]
         aux = entry.get("aux")
@@ -114,13 +132,48 @@ def external_image(client, backend: Backend) -> str:
     )
 
 
-def context_archive(folder: Path) -> io.BytesIO:
+def label_instruction(labels: dict[str, str]) -> str:
+    """One LABEL instruction, keys sorted, values quoted (`$` kept literal)."""
+    pairs = (
+        f"{json.dumps(key)}={json.dumps(value).replace('$', chr(92) + '$')}"
+        for key, value in sorted(labels.items())
+    )
+    return "LABEL " + " ".join(pairs) + "\n"
+
+
+def with_labels(dockerfile: str, labels: dict[str, str], target: str | None = None) -> str:
+    """The Dockerfile with one LABEL instruction at the end of the built stage.
+
+    Written into the Dockerfile rather than passed as the build's `labels`:
+    Podman turns those into one LABEL step each, in a different order per
+    build, so an unchanged folder would give a new image ID and miss the
+    cache of every image built on it. One sorted instruction is stable on
+    every engine.
+    """
+    lines = dockerfile.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    end = len(lines)
+    if target is not None:
+        # Before the FROM of the stage after the target, if any.
+        starts = [items[0].line for items in stages_of(parse(dockerfile)).values() if items]
+        target_start = stages_of(parse(dockerfile))[target][0].line
+        later = [line for line in starts if line > target_start]
+        if later:
+            end = min(later) - 1
+    return "".join([*lines[:end], label_instruction(labels), *lines[end:]])
+
+
+def context_archive(
+    folder: Path, labels: dict[str, str] | None = None, target: str | None = None
+) -> io.BytesIO:
     """The build context as a tar, with the checkout's umask taken out.
 
     Owner root, directories 755, files 755 when executable and 644 when not:
     a checkout made under umask 002 (git then makes group-writable folders,
     and the classic builder's COPY gives them to /etc, /opt, ...) builds the
     same image, with the same cache keys, as one made under umask 022.
+    With `labels`, the Dockerfile carries them (see with_labels).
     """
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -132,13 +185,37 @@ def context_archive(folder: Path) -> io.BytesIO:
                 info.mode = 0o755
             elif info.isfile():
                 info.mode = 0o644
-            if info.isfile():
+            if info.isfile() and labels and info.name == "Dockerfile":
+                data = with_labels(path.read_text(), labels, target).encode()
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            elif info.isfile():
                 with path.open("rb") as handle:
                     archive.addfile(info, handle)
             else:
                 archive.addfile(info)
     buffer.seek(0)
     return buffer
+
+
+def run_build(client, context: io.BytesIO, **options) -> BuildStream:
+    """One build of a context (context_archive) on the engine, never pulling; its stream.
+
+    Intermediate containers are removed, failed or not. `options` are the
+    engine's: tag, buildargs, target, network_mode, nocache.
+    """
+    stream = BuildStream()
+    for entry in client.api.build(
+        fileobj=context,
+        custom_context=True,
+        pull=False,
+        rm=True,
+        forcerm=True,
+        decode=True,
+        **options,
+    ):
+        stream.feed(entry)
+    return stream
 
 
 def build_one(
@@ -158,26 +235,17 @@ def build_one(
     args = {**backend.build_args, **(build_args or {}), PARENT_ARG: parent_id}
     reference = settings.reference(backend)
     what = f"{reference}" + (f" (target {target})" if target else "")
-    stream = BuildStream()
     with log.group(f"build {what}"):
-        entries = client.api.build(
-            fileobj=context_archive(backend.folder),
-            custom_context=True,
+        labels = oci_labels(backend, provenance(settings.source, [backend.folder, *parent_folders]))
+        stream = run_build(
+            client,
+            context_archive(backend.folder, labels, target),
             tag=reference if target is None else None,
             buildargs=args,
-            labels=oci_labels(
-                backend, provenance(settings.source, [backend.folder, *parent_folders])
-            ),
             target=target,
             network_mode=network_mode,
             nocache=nocache,
-            pull=False,
-            rm=True,
-            forcerm=True,
-            decode=True,
         )
-        for entry in entries:
-            stream.feed(entry)
     if stream.error is not None:
         # The step line already shows the command; do not repeat it.
         error = re.sub(r"The command '.*' returned", "It returned", stream.error, flags=re.S)
@@ -219,20 +287,105 @@ def check_build_options(
             )
 
 
-def pull_published(client, settings: Settings, backend: Backend) -> str | None:
-    """The published image of `backend`, pulled; None (with a notice) when it cannot be."""
+def image_labels(client, image: str) -> dict[str, str]:
+    """The labels of a local image (its config's, as the engine reports them)."""
+    return (client.api.inspect_image(image).get("Config") or {}).get("Labels") or {}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """An image's size on disk once unpacked, and as its layers travel (compressed)."""
+
+    unpacked: int | None
+    compressed: int | None = None
+
+    def describe(self) -> str:
+        parts = [f"{human_size(self.unpacked)} unpacked"] if self.unpacked else []
+        if self.compressed:
+            parts.append(f"{human_size(self.compressed)} compressed")
+        return ", ".join(parts) or "size unknown"
+
+
+def image_sizes(client, image: str) -> Sizes:
+    """Sizes of a local image, named for what they are on this engine's image store.
+
+    The classic store's `Size` is the unpacked size. The containerd store's
+    is the compressed content; its unpacked size is per platform manifest
+    (`?manifests=1`, API 1.48+), which older engines ignore.
+    """
+    response = client.api._get(client.api._url("/images/{0}/json", image), params={"manifests": 1})
+    data = client.api._result(response, True)
+    manifests = [
+        m
+        for m in data.get("Manifests") or []
+        if m.get("Kind", "image") == "image" and m.get("Available", True)
+    ]
+    if not manifests:
+        return Sizes(unpacked=data.get("Size"))
+    unpacked = sum(
+        ((m.get("ImageData") or {}).get("Size") or {}).get("Unpacked") or 0 for m in manifests
+    )
+    return Sizes(unpacked=unpacked or None, compressed=data.get("Size"))
+
+
+def published_if_current(
+    client, settings: Settings, backend: Backend, folders: tuple[Path, ...]
+) -> str | None:
+    """The published image of `backend`, pulled, when it is current; else None, saying why.
+
+    Current: it carries this project's backend label and was built from a
+    revision this clone has, and `folders` (the image's and its parents')
+    have not changed since that revision, committed or not. Pulled by
+    digest, so what was checked is what arrives.
+    """
     from docker.errors import DockerException
 
     from .credentials import credentials
+    from .distribution import PRESENT
+    from .registry import Unauthorized, api_host, labels, lookup
 
     reference = settings.reference(backend)
     creds = credentials(settings.registry)
+    api = RegistryAPI(api_host(settings.registry), creds)
+    name = f"{settings.owner}/{backend.image}"
     try:
-        image = client.images.pull(reference, auth_config=creds.auth_config() if creds else None)
+        found = lookup(api, name, LATEST)
+        published = labels(api, name, found.digest) if found.state == PRESENT else None
+    except (Unauthorized, StepFailed) as error:
+        log.info(f"cannot look up {reference} ({error}); building it")
+        return None
+    if found.state != PRESENT:
+        log.info(f"{reference}: not published ({found.reason or found.state}); building it")
+        return None
+    if published is None or published.get(BACKEND_LABEL) != backend.name:
+        log.info(f"{reference} is not an image of this project (no {BACKEND_LABEL}); building it")
+        return None
+    revision = published.get(REVISION_LABEL, "")
+    if not has_commit(revision):
+        log.info(
+            f"{reference} was built from revision {revision or '(none)'}, which this clone "
+            "does not have; building it"
+        )
+        return None
+    if changed_since(revision, list(folders)):
+        log.info(
+            f"{reference} was built from {revision[:12]}; its ci/ folders changed since; "
+            "building it"
+        )
+        return None
+    repository = settings.repository(backend)
+    try:
+        image = client.images.pull(
+            f"{repository}@{found.digest}", auth_config=creds.auth_config() if creds else None
+        )
     except DockerException as error:
         log.info(f"cannot pull {reference} ({first_line(error)}); building it instead")
         return None
-    log.info(f"pulled the published {reference} ({image.id[:19]})")
+    client.api.tag(image.id, repository, tag=LATEST)
+    log.info(
+        f"pulled the published {reference} ({found.digest[:19]}), current: built from "
+        f"{revision[:12]}, its ci/ folders unchanged since"
+    )
     return image.id
 
 
@@ -244,28 +397,32 @@ def build_with_parents(
     *,
     built: dict[str, str],
     build_parents: bool = True,
-    reuse_since: str | None = None,
+    reuse_published: bool = False,
     **options,
 ) -> str:
     """Build `backend` on the parent image this run just built or has locally.
 
     `built` remembers IDs within one run, so `nox -t build` builds base once.
-    With `reuse_since` (a git revision), an image whose folders, its parents'
-    included, have not changed since that revision is pulled as published
-    instead of built: a pull request builds only what it changes.
+    With `reuse_published`, a published image that is current for this
+    checkout (see published_if_current) is pulled instead of built: the
+    image itself when it is, else its nearest current parents, so a pull
+    request builds only what it changes and pulls each layer once.
     """
-    parent_id: str | None = None
-    folders: tuple = ()
     chain = [*ancestors(backends, backend.name), backend]
-    for item in chain:
-        folders = (*folders, item.folder)
+    folders = tuple(item.folder for item in chain)
+    if reuse_published and backend.name not in built:
+        pulled = published_if_current(client, settings, backend, folders)
+        if pulled is not None:
+            built[backend.name] = pulled
+            return pulled
+    parent_id: str | None = None
+    for index, item in enumerate(chain):
         mine = item is backend
         if item.name in built and not mine:
             parent_id = built[item.name]
             continue
-        if reuse_since and not changed_since(reuse_since, list(folders)):
-            log.info(f"{item.name}: ci/ folders unchanged since {reuse_since}")
-            pulled = pull_published(client, settings, item)
+        if reuse_published and not mine:
+            pulled = published_if_current(client, settings, item, folders[: index + 1])
             if pulled is not None:
                 parent_id = built[item.name] = pulled
                 continue
@@ -284,12 +441,52 @@ def build_with_parents(
             settings,
             item,
             parent_id=parent_id or external_image(client, item),
-            parent_folders=folders[:-1],
+            parent_folders=folders[:index],
             **how,
         )
         if not (mine and options.get("target")):
             built[item.name] = parent_id
     return parent_id
+
+
+def untag(client, reference: str) -> None:
+    """Remove a tag (or an image by ID): the image goes once nothing names it, and so do
+    the build parents no other image was built on. The build cache of other images stays.
+
+    The classic store and Podman prune that way themselves. The containerd
+    image store does not track which images a build's intermediates are
+    parents of, so its pruning deletes parents others were built on (their
+    next build starts cold); there the parents are walked here, by the
+    `Parent` the classic builder records, and removed only while no other
+    image has them as parent and no tag names them.
+    """
+    from docker.errors import ImageNotFound
+
+    if image_store(client) != CONTAINERD:
+        with contextlib.suppress(ImageNotFound):
+            client.api.remove_image(reference, force=True)
+        return
+    try:
+        removed = client.api.inspect_image(reference)
+        client.api.remove_image(reference, force=True, noprune=True)
+    except ImageNotFound:
+        return
+    if image_id(client, removed["Id"]) is not None:
+        return  # another tag still names it: its parents are in use
+    everything = client.api.images(all=True)
+    children = Counter(i.get("ParentId") or "" for i in everything)
+    tagged = {
+        i["Id"] for i in everything if any(t != "<none>:<none>" for t in i.get("RepoTags") or [])
+    }
+    parent = removed.get("Parent") or ""
+    while parent and not children[parent] and parent not in tagged:
+        try:
+            grandparent = client.api.inspect_image(parent).get("Parent") or ""
+            client.api.remove_image(parent, noprune=True)
+        except ImageNotFound:
+            return
+        children[grandparent] -= 1
+        parent = grandparent
 
 
 def save_archive(client, reference: str, path: str) -> None:

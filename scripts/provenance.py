@@ -82,6 +82,48 @@ def changed_since(revision: str, paths: list[Path], root: Path = ROOT) -> bool:
     return diff.returncode == 1 or bool(untracked)
 
 
+def has_commit(revision: str, root: Path = ROOT) -> bool:
+    """Whether this clone has `revision` as a commit (a shallow or older clone may not)."""
+    if not revision or revision == "unknown" or revision.startswith("-"):
+        return False
+    found = _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", root=root)
+    return found is not None
+
+
+# How the revision of a published image relates to ours (see `order`).
+SAME, OLDER, NEWER, DIVERGED, UNRELATED = "same", "older", "newer", "diverged", "unrelated"
+
+
+def order(theirs: str | None, ours: str | None, root: Path = ROOT) -> str:
+    """Where `theirs` stands to `ours` in this clone's history.
+
+    SAME; OLDER (an ancestor of ours); NEWER (ours is its ancestor); DIVERGED
+    (neither); UNRELATED when either is missing, "unknown" or not in this clone.
+    """
+    if not theirs or not ours or not (has_commit(theirs, root) and has_commit(ours, root)):
+        return UNRELATED
+    if _git("rev-parse", theirs, root=root) == _git("rev-parse", ours, root=root):
+        return SAME
+    if _is_ancestor(theirs, ours, root):
+        return OLDER
+    if _is_ancestor(ours, theirs, root):
+        return NEWER
+    return DIVERGED
+
+
+def _is_ancestor(older: str, newer: str, root: Path) -> bool:
+    try:
+        done = subprocess.run(
+            ["git", "merge-base", "--is-ancestor", older, newer],
+            cwd=root,
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
 def image_version(prov: Provenance) -> str:
     """A PEP 440 version: commit date, with the short revision as local part."""
     local = f"+g{prov.revision[:12]}" if prov.revision != "unknown" else ""

@@ -1,16 +1,21 @@
-"""Publishing: push verified images, and give them dated tags that never move.
+"""Publishing: push verified images; moving tags only move forward, dated tags never move.
 
-One flow for both steps. Each "slot" is a list of candidate tags; the first
-candidate that is absent from the registry (or already holds this image) is
-used. `push` has one slot per tag (`latest` and every --tag), and replaces
-what a moving tag held. `tag-dated` has one slot, `YYYY-MM-DD[.suffix]`,
-which is never replaced: with `--suffix auto` the candidates are the day and
-then `.1`, `.2`, ...; otherwise a clash is refused, naming the next free
-suffix.
+`push` publishes `latest` (and every --tag) of each image. A moving tag is
+replaced only by a build of the same or a later revision: the
+`org.opencontainers.image.revision` label of what it holds must be an
+ancestor of ours, so re-running an old workflow never moves `latest` back.
+
+`tag-dated` publishes `YYYY-MM-DD[.N]`, which is never replaced. The tag is
+chosen once for every image of the run (`dated_tag_for`): with `--suffix
+auto` the first of the day, `.1`, `.2`, ... that is free (or already holds
+the same image) for *all* of them, so one dated tag names one consistent set.
+A tag the registry would not show us is not free: we refuse rather than risk
+replacing it.
 
 Only an image ID that passed `verify` on this machine is published
 (--allow-unverified skips that on purpose). Credentials come from the
-environment (see credentials.py) or else from the Docker config.
+environment (see credentials.py) or else from the Docker config; look-ups go
+to the registry's own API (distribution.py), pushes through the engine.
 """
 
 from __future__ import annotations
@@ -18,18 +23,21 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 
-from . import log, state, summary
+from . import log, provenance, state, summary
 from .backends import Backend
-from .credentials import credentials, describe
+from .credentials import Credentials, credentials, describe
+from .distribution import ABSENT, PRESENT, UNKNOWN, Lookup, RegistryAPI
 from .errors import UserError
-from .images import require_image
+from .images import image_labels, image_sizes, require_image
+from .provenance import BACKEND_LABEL, LABEL_PREFIX
 from .registry import (
-    UNKNOWN,
+    api_host,
     authorized,
-    local_digests,
+    labels,
     local_holder,
+    local_identities,
+    lookup,
     push_tag,
-    remote_digest,
 )
 from .settings import LATEST, Settings
 
@@ -39,6 +47,7 @@ DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}(\..*)?$")
 AUTO = "auto"
 MAX_AUTO_SUFFIX = 99
+REVISION_LABEL = f"{LABEL_PREFIX}.revision"
 
 
 def check_tag(tag: str, what: str) -> str:
@@ -82,109 +91,12 @@ def dated_tag(day: str, suffix: str) -> str:
     return check_tag(f"{day}.{suffix}", "dated tag")
 
 
-def _gate(backend: Backend, image: str, reference: str, allow_unverified: bool) -> str:
-    """The verify gate: say how the image was checked, or refuse it."""
-    record = state.verification(image)
-    if record is not None:
-        return f"verified {record.get('verified_at', '')}".strip()
-    if allow_unverified:
-        log.warn(
-            f"{reference} ({image[:19]}) has not passed verify on this machine; "
-            "publishing it anyway because of --allow-unverified"
-        )
-        return "NOT verified (--allow-unverified)"
-    raise UserError(
-        f"{reference} ({image[:19]}) has not passed verify on this machine; run "
-        f"`nox -s verify-{backend.name}` first, or pass --allow-unverified to publish it anyway"
-    )
-
-
-def _publish(
-    client,
-    settings: Settings,
-    backend: Backend,
-    *,
-    slots: list[list[str]],
-    replace: bool,
-    dry_run: bool,
-    allow_unverified: bool,
-) -> None:
-    repository = settings.repository(backend)
-    image = require_image(client, settings, backend)
-    gate = _gate(backend, image, settings.reference(backend), allow_unverified)
-    creds = credentials(settings.registry)
-    size = client.api.inspect_image(image).get("Size")
-    mine = local_digests(client, image, repository)
-
-    for candidates in slots:
-        first = f"{repository}:{candidates[0]}"
-        if dry_run:
-            more = (
-                f" (or the next free of {len(candidates) - 1} suffixes)" if candidates[1:] else ""
-            )
-            policy = "replacing what it holds" if replace else "never replacing another image"
-            log.info(
-                f"dry run: would push image {image} ({gate}) as {first}{more}, {policy}, "
-                f"with {describe(creds)}"
-            )
-            summary.record_image(first, tags=candidates[:1], size=size, result="dry run")
-            continue
-        for tag in candidates:
-            reference = f"{repository}:{tag}"
-            remote = authorized(settings.registry, creds, remote_digest, client, reference, creds)
-            if remote in mine:
-                log.info(f"{reference} already has this image ({remote}); nothing to push")
-                summary.record_image(
-                    reference, tags=[tag], digest=remote, size=size, result="already present"
-                )
-                break
-            if remote is None or remote == UNKNOWN or replace:
-                client.api.tag(image, repository, tag=tag)
-                with log.group(f"push {reference} ({image[:19]})"):
-                    stream = authorized(
-                        settings.registry, creds, push_tag, client, repository, tag, creds
-                    )
-                mine.add(stream.digest)
-                log.info(
-                    f"pushed {reference}: {stream.digest} (manifest {stream.manifest_size} B; "
-                    f"image {summary.human_size(size)} unpacked)"
-                )
-                summary.record_image(
-                    reference, tags=[tag], digest=stream.digest, size=size, result="pushed"
-                )
-                break
-            log.info(f"{reference} holds another image ({remote})")
-        else:
-            _refuse_clash(client, repository, candidates, creds)
-
-
-def _refuse_clash(client, repository: str, candidates: list[str], creds) -> None:
-    """Every candidate holds another image: say whose and what to do."""
-    if len(candidates) > 1:
-        raise UserError(
-            f"{repository}:{candidates[0]} and its suffixes up to .{len(candidates) - 1} all "
-            "hold other images; pass --date for another day"
-        )
-    tag = candidates[0]
-    reference = f"{repository}:{tag}"
-    remote = remote_digest(client, reference, creds)
-    day, _, suffix = tag.partition(".")
-    start = int(suffix) + 1 if suffix.isdigit() else 1
-    proposal = next(
-        (
-            str(n)
-            for n in range(start, start + 20)
-            if remote_digest(client, f"{repository}:{day}.{n}", creds) is None
-        ),
-        AUTO,
-    )
-    holder = local_holder(client, repository, remote) if remote != UNKNOWN else None
-    what = f"image {holder[:19]} here" if holder else "an image not pushed from this machine"
-    raise UserError(
-        f"{reference} already exists with other content ({what}, {remote}); dated tags "
-        f"are never replaced: pass --suffix {proposal} to publish this image as "
-        f"{day}.{proposal}, or --suffix {AUTO} for the next free one"
-    )
+def dated_candidates(day: str | None, suffix: str, *, force_date: bool = False) -> list[str]:
+    """The dated tags to try, in order: one, or with --suffix auto the day and .1, .2, ..."""
+    chosen_day = publication_day(day, force=force_date)
+    if suffix == AUTO:
+        return [chosen_day, *(f"{chosen_day}.{n}" for n in range(1, MAX_AUTO_SUFFIX + 1))]
+    return [dated_tag(chosen_day, suffix)]
 
 
 def push_tags(backend: Backend, tags: list[str] | tuple[str, ...]) -> list[str]:
@@ -200,12 +112,127 @@ def push_tags(backend: Backend, tags: list[str] | tuple[str, ...]) -> list[str]:
     return chosen
 
 
-def dated_candidates(day: str | None, suffix: str, *, force_date: bool = False) -> list[str]:
-    """The dated tags to try, in order: one, or with --suffix auto the day and .1, .2, ..."""
-    chosen_day = publication_day(day, force=force_date)
-    if suffix == AUTO:
-        return [chosen_day, *(f"{chosen_day}.{n}" for n in range(1, MAX_AUTO_SUFFIX + 1))]
-    return [dated_tag(chosen_day, suffix)]
+class Target:
+    """One image to publish: where it goes, what it is here, how to ask the registry."""
+
+    def __init__(self, client, settings: Settings, backend: Backend):
+        self.client = client
+        self.settings = settings
+        self.backend = backend
+        self.repository = settings.repository(backend)
+        self.name = f"{settings.owner}/{backend.image}"  # the path inside the registry
+        self.creds: Credentials | None = credentials(settings.registry)
+        self.api = RegistryAPI(api_host(settings.registry), self.creds)
+        self.image = require_image(client, settings, backend)
+        self.identities = local_identities(client, self.image, self.repository)
+
+    def reference(self, tag: str) -> str:
+        return f"{self.repository}:{tag}"
+
+    def lookup(self, tag: str) -> Lookup:
+        return authorized(self.settings.registry, self.creds, lookup, self.api, self.name, tag)
+
+    def remote_labels(self, tag: str) -> dict[str, str] | None:
+        return authorized(self.settings.registry, self.creds, labels, self.api, self.name, tag)
+
+
+def _gate(target: Target, allow_unverified: bool) -> str:
+    """The verify gate: say how the image was checked, or refuse it."""
+    record = state.verification(target.image)
+    reference = target.reference(LATEST)
+    if record is not None:
+        return f"verified {record.get('verified_at', '')}".strip()
+    if allow_unverified:
+        log.warn(
+            f"{reference} ({target.image[:19]}) has not passed verify on this machine; "
+            "publishing it anyway because of --allow-unverified"
+        )
+        return "NOT verified (--allow-unverified)"
+    raise UserError(
+        f"{reference} ({target.image[:19]}) has not passed verify on this machine; run "
+        f"`nox -s verify-{target.backend.name}` first, or pass --allow-unverified to publish "
+        "it anyway"
+    )
+
+
+def _only_forward(target: Target, tag: str) -> None:
+    """Refuse to move a moving tag back to an older build (see the module's docstring)."""
+    reference = target.reference(tag)
+    theirs = target.remote_labels(tag)
+    if theirs is None:
+        log.warn(f"cannot read what {reference} holds; replacing it")
+        return
+    if theirs.get(BACKEND_LABEL) != target.backend.name:
+        log.info(f"{reference} holds an image not built by this project; replacing it")
+        return
+    their_revision = theirs.get(REVISION_LABEL)
+    our_revision = image_labels(target.client, target.image).get(REVISION_LABEL)
+    relation = provenance.order(their_revision, our_revision)
+    if relation in (provenance.SAME, provenance.OLDER):
+        return
+    if relation == provenance.UNRELATED:
+        log.warn(
+            f"{reference} holds a build of revision {their_revision}, which cannot be compared "
+            f"with ours ({our_revision}) in this clone; replacing it"
+        )
+        return
+    newer = "a newer build" if relation == provenance.NEWER else "a build of another line"
+    raise UserError(
+        f"{reference} holds {newer} (revision {str(their_revision)[:12]}; this image is of "
+        f"{str(our_revision)[:12]}): {tag} only moves forward, nothing was pushed; publish "
+        "from an up-to-date checkout of the branch"
+    )
+
+
+def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> None:
+    reference = target.reference(tag)
+    client = target.client
+    client.api.tag(target.image, target.repository, tag=tag)
+    with log.group(f"push {reference} ({target.image[:19]})"):
+        stream = authorized(
+            target.settings.registry,
+            target.creds,
+            push_tag,
+            client,
+            target.repository,
+            tag,
+            target.creds,
+        )
+    target.identities.add(stream.digest)
+    sizes = image_sizes(client, target.image)
+    log.info(
+        f"pushed {reference}: {stream.digest} ({gate}; manifest {stream.manifest_size} B; "
+        f"image {sizes.describe()})"
+    )
+    summary.record_image(
+        reference, tags=[tag], digest=stream.digest, size=sizes.unpacked, result=result
+    )
+
+
+def _dry_run(target: Target, tag: str, gate: str, policy: str) -> None:
+    reference = target.reference(tag)
+    log.info(
+        f"dry run: would push image {target.image} ({gate}) as {reference}, {policy}, "
+        f"with {describe(target.creds)}"
+    )
+    summary.record_image(
+        reference,
+        tags=[tag],
+        size=image_sizes(target.client, target.image).unpacked,
+        result="dry run",
+    )
+
+
+def _already(target: Target, tag: str, found: Lookup) -> None:
+    reference = target.reference(tag)
+    log.info(f"{reference} already has this image ({found.digest}); nothing to push")
+    summary.record_image(
+        reference,
+        tags=[tag],
+        digest=found.digest,
+        size=image_sizes(target.client, target.image).unpacked,
+        result="already present",
+    )
 
 
 def push_image(
@@ -217,15 +244,84 @@ def push_image(
     dry_run: bool = False,
     allow_unverified: bool = False,
 ) -> None:
-    """Push :latest and every extra tag of a verified image, skipping what is there."""
-    _publish(
-        client,
-        settings,
-        backend,
-        slots=[[tag] for tag in push_tags(backend, tags)],
-        replace=True,
-        dry_run=dry_run,
-        allow_unverified=allow_unverified,
+    """Push :latest and every extra tag of a verified image, skipping what is there.
+
+    Raises UserError (unverified, refused credentials, a tag holding a newer
+    build) and StepFailed (the registry still failing after retries).
+    """
+    chosen = push_tags(backend, tags)
+    target = Target(client, settings, backend)
+    gate = _gate(target, allow_unverified)
+    for tag in chosen:
+        if dry_run:
+            _dry_run(target, tag, gate, "replacing an older build it holds")
+            continue
+        found = target.lookup(tag)
+        if found.holds_any(target.identities):
+            _already(target, tag, found)
+            continue
+        if found.state != ABSENT:
+            _only_forward(target, tag)
+        _push(target, tag, gate)
+
+
+def dated_tag_for(
+    client,
+    settings: Settings,
+    backends: list[Backend],
+    *,
+    day: str | None,
+    suffix: str,
+    force_date: bool = False,
+) -> str:
+    """The one dated tag every image of `backends` is published as (see the docstring).
+
+    Raises UserError when the tag (or, with auto, every candidate) holds
+    another image, or when the registry would not say what a tag holds.
+    """
+    candidates = dated_candidates(day, suffix, force_date=force_date)
+    targets = [Target(client, settings, backend) for backend in backends]
+    clashes: list[tuple[Target, str, Lookup]] = []
+    for tag in candidates:
+        clash = None
+        for target in targets:
+            found = target.lookup(tag)
+            if found.state == UNKNOWN:
+                raise UserError(
+                    f"cannot tell whether {target.reference(tag)} is free (the registry "
+                    f"answered {found.reason}); dated tags are never replaced, so nothing was "
+                    "pushed: check that the credentials may read the package"
+                )
+            if found.state == PRESENT and not found.holds_any(target.identities):
+                clash = (target, tag, found)
+                log.info(f"{target.reference(tag)} holds another image ({found.digest})")
+                break
+        if clash is None:
+            return tag
+        clashes.append(clash)
+    if len(candidates) > 1:
+        raise UserError(
+            f"{candidates[0]} and its suffixes up to .{len(candidates) - 1} all hold other "
+            "images for at least one of them; pass --date for another day"
+        )
+    _refuse_clash(*clashes[0])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _refuse_clash(target: Target, tag: str, found: Lookup) -> None:
+    """The one chosen dated tag holds another image: say whose and what to do."""
+    day, _, suffix = tag.partition(".")
+    start = int(suffix) + 1 if suffix.isdigit() else 1
+    proposal = next(
+        (str(n) for n in range(start, start + 20) if target.lookup(f"{day}.{n}").state == ABSENT),
+        AUTO,
+    )
+    holder = local_holder(target.client, target.repository, found)
+    what = f"image {holder[:19]} here" if holder else "an image not pushed from this machine"
+    raise UserError(
+        f"{target.reference(tag)} already exists with other content ({what}, {found.digest}); "
+        f"dated tags are never replaced: pass --suffix {proposal} to publish this image as "
+        f"{day}.{proposal}, or --suffix {AUTO} for the next free one"
     )
 
 
@@ -234,19 +330,61 @@ def tag_dated_image(
     settings: Settings,
     backend: Backend,
     *,
+    tag: str,
+    dry_run: bool = False,
+    allow_unverified: bool = False,
+) -> None:
+    """Push the verified image as the dated `tag` (from dated_tag_for), never replacing one.
+
+    Raises UserError (unverified, refused credentials, the tag holding other
+    content or unreadable) and StepFailed (the registry still failing).
+    """
+    target = Target(client, settings, backend)
+    gate = _gate(target, allow_unverified)
+    if dry_run:
+        _dry_run(target, tag, gate, "never replacing another image")
+        return
+    found = target.lookup(tag)
+    if found.holds_any(target.identities):
+        _already(target, tag, found)
+        return
+    if found.state == UNKNOWN:
+        raise UserError(
+            f"cannot tell whether {target.reference(tag)} is free (the registry answered "
+            f"{found.reason}); dated tags are never replaced, so nothing was pushed"
+        )
+    if found.state == PRESENT:
+        _refuse_clash(target, tag, found)
+    _push(target, tag, gate)
+
+
+def tag_dated(
+    client,
+    settings: Settings,
+    backends: list[Backend],
+    *,
     day: str | None = None,
     suffix: str = "",
     force_date: bool = False,
     dry_run: bool = False,
     allow_unverified: bool = False,
-) -> None:
-    """Tag the verified image `YYYY-MM-DD[.suffix]` and push that tag, never replacing one."""
-    _publish(
-        client,
-        settings,
-        backend,
-        slots=[dated_candidates(day, suffix, force_date=force_date)],
-        replace=False,
-        dry_run=dry_run,
-        allow_unverified=allow_unverified,
-    )
+) -> str:
+    """Choose one dated tag for `backends` and publish each as it; returns the tag."""
+    if dry_run:
+        tag = dated_candidates(day, suffix, force_date=force_date)[0]
+        if suffix == AUTO:
+            log.info(f"dry run: {AUTO} would take {tag} or the next suffix free for every image")
+    else:
+        tag = dated_tag_for(
+            client, settings, backends, day=day, suffix=suffix, force_date=force_date
+        )
+    for backend in backends:
+        tag_dated_image(
+            client,
+            settings,
+            backend,
+            tag=tag,
+            dry_run=dry_run,
+            allow_unverified=allow_unverified,
+        )
+    return tag

@@ -1,4 +1,5 @@
-"""Talking to a registry through the engine: look up a tag's digest, push a tag.
+"""Talking to a registry: look-ups through its own API (distribution.py), pushes
+through the engine.
 
 Transient failures (unreachable, rate-limited, 5xx) are retried with a
 doubling backoff; a refusal of credentials is one line naming what to set.
@@ -13,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from . import log
+from . import distribution, log
 from .credentials import Credentials, credential_hint, describe
+from .distribution import Lookup, RegistryAPI
 from .errors import StepFailed, UserError
 
 T = TypeVar("T")
@@ -24,16 +26,10 @@ BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"
 DEFAULT_RETRIES = 3  # after the first attempt: waits of 1, 2, 4 s
 DEFAULT_BACKOFF = 1.0
 
-# A look-up the registry would not answer: "unknown", not "absent". ghcr.io
-# answers `denied` for a package the token cannot read yet, which is every
-# package before its first push; the push's own answer then decides.
-UNKNOWN = "unknown"
-
 AUTH_ERROR = re.compile(
     r"unauthori[sz]ed|denied|no basic auth credentials|authentication required|forbidden",
     re.I,
 )
-ABSENT_ERROR = re.compile(r"manifest unknown|name unknown|not found", re.I)
 TRANSIENT_ERROR = re.compile(
     r"connection refused|connection reset|no such host|timeout|timed out|network is unreachable"
     r"|no route to host|deadline exceeded|\bEOF\b|TLS handshake|too many requests"
@@ -41,6 +37,9 @@ TRANSIENT_ERROR = re.compile(
     r"|\b5\d\d (internal server error|bad gateway|service unavailable|gateway time-?out)",
     re.I,
 )
+
+
+PUSHED_STATUS = re.compile(r"\bdigest: (?P<digest>sha256:[0-9a-f]{64})(?: size: (?P<size>\d+))?")
 
 
 class Transient(Exception):
@@ -128,32 +127,37 @@ def registry_of(reference: str) -> str:
     return first if "/" in reference and ("." in first or ":" in first) else "docker.io"
 
 
-def remote_digest(client, reference: str, creds: Credentials | None) -> str | None:
-    """The digest the registry serves for `reference`; None when absent, UNKNOWN when refused."""
-    from docker.errors import APIError, NotFound
-    from requests.exceptions import RequestException
+def api_host(registry: str) -> str:
+    """Where a registry's /v2/ API answers (Docker Hub's is not at docker.io)."""
+    return "registry-1.docker.io" if registry == "docker.io" else registry
 
-    auth = creds.auth_config() if creds else None
 
-    def attempt() -> str | None:
+def _ask(api: RegistryAPI, what: str, call: Callable[[], T]) -> T:
+    """A question to the registry's API, retried while the registry is unwell.
+
+    Raises Unauthorized (the credentials were refused) and StepFailed (still
+    failing after the retries).
+    """
+
+    def attempt() -> T:
         try:
-            data = client.api.inspect_distribution(reference, auth_config=auth)
-        except NotFound:
-            return None
-        except APIError as error:
-            text = _one_line(error.explanation or error)
-            if TRANSIENT_ERROR.search(text):
-                raise Transient(log.censor(f"could not look up {reference}: {text}")) from None
-            if AUTH_ERROR.search(text):
-                return UNKNOWN
-            if ABSENT_ERROR.search(text):
-                return None
-            raise StepFailed(log.censor(f"could not look up {reference}: {text}")) from None
-        except RequestException as error:
-            raise _engine_failed(f"look-up of {reference}", error) from None
-        return (data.get("Descriptor") or {}).get("digest")
+            return call()
+        except distribution.Transient as error:
+            raise Transient(log.censor(f"could not {what}: {error}")) from None
+        except distribution.Refused as error:
+            raise Unauthorized(log.censor(str(error))) from None
 
-    return with_retries(registry_of(reference), attempt)
+    return with_retries(api.registry, attempt)
+
+
+def lookup(api: RegistryAPI, name: str, tag: str) -> Lookup:
+    """What `name:tag` holds on `api`'s registry (see _ask for what it raises)."""
+    return _ask(api, f"look up {name}:{tag}", lambda: api.lookup(name, tag))
+
+
+def labels(api: RegistryAPI, name: str, tag: str) -> dict[str, str] | None:
+    """The labels of the image `name:tag` holds, or None when they cannot be read."""
+    return _ask(api, f"read {name}:{tag}", lambda: api.labels(name, tag))
 
 
 @dataclass
@@ -175,6 +179,13 @@ class PushStream:
             self.manifest_size = aux.get("Size")
             return
         status = str(entry.get("status") or "")
+        # Without an aux record (the containerd image store, Podman), the digest
+        # is only in the last status line: "<tag>: digest: sha256:... size: N".
+        said = PUSHED_STATUS.search(status)
+        if said and self.digest is None:
+            self.digest = said["digest"]
+            self.manifest_size = int(said["size"]) if said["size"] else None
+            return
         layer = entry.get("id")
         if layer and (
             status in ("Pushed", "Layer already exists") or status.startswith("Mounted from")
@@ -216,9 +227,13 @@ def _normal(repository: str) -> str:
     return repository.removeprefix("docker.io/").removeprefix("library/")
 
 
-def local_digests(client, image: str, repository: str) -> set[str]:
-    """Digests this image was pushed or pulled with, for `repository`."""
-    found = set()
+def local_identities(client, image: str, repository: str) -> set[str]:
+    """Every digest that names this local image: its ID, and what it was pushed as.
+
+    The ID is the config digest on the classic store and the manifest digest
+    on the containerd store; RepoDigests are the manifests pushed or pulled.
+    """
+    found = {image}
     for entry in client.api.inspect_image(image).get("RepoDigests") or []:
         name, _, digest = entry.partition("@")
         if _normal(name) == _normal(repository):
@@ -226,9 +241,9 @@ def local_digests(client, image: str, repository: str) -> set[str]:
     return found
 
 
-def local_holder(client, repository: str, digest: str) -> str | None:
-    """The local image that was pushed or pulled as repository@digest, if any."""
+def local_holder(client, repository: str, remote: Lookup) -> str | None:
+    """The local image that is what `remote` holds, if any."""
     for image in client.images.list(name=repository):
-        if digest in local_digests(client, image.id, repository):
+        if remote.holds_any(local_identities(client, image.id, repository)):
             return image.id
     return None

@@ -21,13 +21,18 @@ def state_dir(environ: dict[str, str] | None = None) -> Path:
     return Path(base) / "dask-gateway-ci"
 
 
-def _path() -> Path:
-    return state_dir() / "verified.json"
+def _folder() -> Path:
+    return state_dir() / "verified"
 
 
-def _load() -> dict[str, dict]:
+def _record_path(image_id: str) -> Path:
+    return _folder() / (image_id.replace(":", "-") + ".json")
+
+
+def _load_legacy() -> dict[str, dict]:
+    """Records of the single-file layout (before one file per image), still honoured."""
     try:
-        return json.loads(_path().read_text())
+        return json.loads((state_dir() / "verified.json").read_text())
     except (OSError, ValueError):
         return {}
 
@@ -50,22 +55,27 @@ def check_writable() -> None:
 
 
 def record_verified(image_id: str, backend: str, seconds: float) -> None:
-    entries = _load()
-    entries[image_id] = {
+    """Remember `image_id` as verified: one file per image, so that the state
+    folders of several jobs merge into one without losing a record."""
+    entry = {
+        "image": image_id,
         "backend": backend,
         "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
     }
-    path = _path()
+    path = _record_path(image_id)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename: an interrupted run never leaves a half-written file.
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(entries, indent=2, sort_keys=True))
+        temporary.write_text(json.dumps(entry, indent=2, sort_keys=True))
         temporary.replace(path)
     except OSError as error:
         raise _unwritable(path.parent, error.strerror) from None
 
 
 def verification(image_id: str) -> dict | None:
-    return _load().get(image_id)
+    try:
+        return json.loads(_record_path(image_id).read_text())
+    except (OSError, ValueError):
+        return _load_legacy().get(image_id)

@@ -18,13 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import containers, log, ports, publish, state, summary
+from . import containers, log, ports, publish, signals, state, summary
 from .backends import IMAGE, SERVICES, Backend, ancestors, load_all, select
-from .engine import LazyClient, engine_errors
+from .cli import OneLineParser
+from .engine import LazyClient, engine_errors, first_line
 from .errors import StepFailed, UserError
 from .images import (
     build_with_parents,
     check_build_options,
+    image_sizes,
     load_archive,
     require_image,
     save_archive,
@@ -45,6 +47,8 @@ class Context:
     extra: list[str] = field(default_factory=list)
     built: dict[str, str] = field(default_factory=dict)
     client: object = field(default_factory=LazyClient)
+    dated_tag: str = ""  # tag-dated: the one tag of this run, chosen in its prepare
+    invoked_from: Path = field(default_factory=Path.cwd)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Step:
     options: tuple[Option, ...] = ()
     # Arguments it does not know go to the backend's test command (pytest).
     passthrough: bool = False
+    # Runs once before the backends, with all of them: may narrow the selection.
+    prepare: Callable[[Context, list[Backend]], list[Backend]] | None = None
 
     def describe(self, backend: str | None) -> str:
         if backend is not None:
@@ -87,19 +93,22 @@ class Step:
 STEPS: dict[str, Step] = {}
 
 
-def step(name: str, summary: str, *, scope: str, options=(), passthrough: bool = False):
+def step(
+    name: str,
+    summary: str,
+    *,
+    scope: str,
+    options=(),
+    passthrough: bool = False,
+    prepare: Callable[[Context, list[Backend]], list[Backend]] | None = None,
+):
     """Register the decorated function as the step `name` (listing order = definition order)."""
 
     def register(function: Callable[[Context, Backend], None]):
-        STEPS[name] = Step(name, summary, scope, function, tuple(options), passthrough)
+        STEPS[name] = Step(name, summary, scope, function, tuple(options), passthrough, prepare)
         return function
 
     return register
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump, no SystemExit
-        raise UserError(f"{self.prog}: {message}")
 
 
 SOURCE_OPTION = option("--source", help=f"dask-gateway checkout (default ${SOURCE_VARIABLE})")
@@ -107,7 +116,11 @@ PORTS_OPTION = option(
     "--ports", help=f"none, or +N to move the host ports (default ${ports.PORTS_VARIABLE})"
 )
 PUBLISH_OPTIONS = (
-    option("--load", metavar="TAR", help="docker load the image from TAR first (from --save)"),
+    option(
+        "--load",
+        metavar="PATH",
+        help="docker load the image first: a TAR from --save, or a folder of BACKEND.tar",
+    ),
     option("--dry-run", action="store_true", help="say what would be pushed; touch nothing"),
     option("--allow-unverified", action="store_true", help="publish without a passed verify"),
 )
@@ -133,9 +146,9 @@ PUBLISH_OPTIONS = (
         option("--load-parent", metavar="TAR", help="docker load the parent from TAR, build on it"),
         option("--save", metavar="TAR", help="docker save the built image to TAR"),
         option(
-            "--pull-unchanged-since",
-            metavar="REV",
-            help="pull the published image instead when its ci/ folders are unchanged since REV",
+            "--pull-if-current",
+            action="store_true",
+            help="pull the published image instead when it was built from these ci/ folders",
         ),
     ),
 )
@@ -143,10 +156,8 @@ def build(ctx: Context, backend: Backend) -> None:
     o = ctx.options
     build_args = dict(_key_value(item) for item in o.build_arg)
     check_build_options(backend, build_args=build_args, target=o.target, save=o.save)
-    if o.target and (o.save or o.pull_unchanged_since):
-        raise UserError(
-            "--target builds one stage: it takes neither --save nor --pull-unchanged-since"
-        )
+    if o.target and (o.save or o.pull_if_current):
+        raise UserError("--target builds one stage: it takes neither --save nor --pull-if-current")
     if o.load_parent:
         if backend.parent is None:
             raise UserError(f"--load-parent: {backend.name} has no parent to load")
@@ -159,7 +170,7 @@ def build(ctx: Context, backend: Backend) -> None:
         backend,
         built=ctx.built,
         build_parents=not (o.no_parent_build or o.load_parent),
-        reuse_since=o.pull_unchanged_since,
+        reuse_published=o.pull_if_current,
         build_args=build_args,
         target=o.target,
         network_mode=o.network,
@@ -196,11 +207,52 @@ def verify(ctx: Context, backend: Backend) -> None:
         containers.remove(container)
     seconds = time.monotonic() - started
     state.record_verified(image, backend.name, seconds)
-    size = ctx.client.images.get(image).attrs.get("Size")
     summary.record_image(
-        reference, tags=[LATEST], size=size, verify_seconds=seconds, result="verified"
+        reference,
+        tags=[LATEST],
+        size=image_sizes(ctx.client, image).unpacked,
+        verify_seconds=seconds,
+        result="verified",
     )
     log.info(f"verified {reference} ({image[:19]}) in {seconds:.0f}s")
+
+
+def _load_for_publishing(ctx: Context, selected: list[Backend]) -> list[Backend]:
+    """--load: the images other jobs built and verified (their state dir comes along).
+
+    A folder holds one BACKEND.tar per image; an image whose archive is
+    missing there is left out with a warning when its backend does not block
+    publishing (`blocking = false`: its job may have failed), else an error.
+    """
+    path = ctx.options.load
+    if not path:
+        return selected
+    folder = Path(path)
+    if not folder.is_dir():
+        if len(selected) != 1:
+            raise UserError(f"--load {path}: give a folder of BACKEND.tar for several images")
+        load_archive(ctx.client, path, ctx.settings.reference(selected[0]))
+        return selected
+    chosen = []
+    for backend in selected:
+        archive = folder / f"{backend.name}.tar"
+        if archive.is_file():
+            load_archive(ctx.client, str(archive), ctx.settings.reference(backend))
+            chosen.append(backend)
+        elif not backend.blocking:
+            log.warn(
+                f"{backend.name} is not published: no {archive} (its job failed or did not run; "
+                f"{backend.name} does not block publishing)"
+            )
+        else:
+            raise UserError(f"--load {path}: no {archive.name} there for {backend.name}")
+    return chosen
+
+
+def _prepare_push(ctx: Context, selected: list[Backend]) -> list[Backend]:
+    for backend in selected:
+        publish.push_tags(backend, ctx.options.tags)  # checked before anything is loaded
+    return _load_for_publishing(ctx, selected)
 
 
 @step(
@@ -211,11 +263,10 @@ def verify(ctx: Context, backend: Backend) -> None:
         option("--tag", action="append", default=[], dest="tags", help="push this tag too"),
         *PUBLISH_OPTIONS,
     ),
+    prepare=_prepare_push,
 )
 def push(ctx: Context, backend: Backend) -> None:
     o = ctx.options
-    publish.push_tags(backend, o.tags)  # checked before anything is loaded
-    _load_for_publishing(ctx, backend)
     publish.push_image(
         ctx.client,
         ctx.settings,
@@ -226,6 +277,26 @@ def push(ctx: Context, backend: Backend) -> None:
     )
 
 
+def _prepare_tag_dated(ctx: Context, selected: list[Backend]) -> list[Backend]:
+    """One dated tag for every image of the run, chosen before any is pushed."""
+    o = ctx.options
+    publish.dated_candidates(o.date, o.suffix, force_date=o.force_date)  # checked first
+    chosen = _load_for_publishing(ctx, selected)
+    if o.dry_run:
+        ctx.dated_tag = publish.dated_candidates(o.date, o.suffix, force_date=o.force_date)[0]
+    elif chosen:
+        ctx.dated_tag = publish.dated_tag_for(
+            ctx.client,
+            ctx.settings,
+            chosen,
+            day=o.date,
+            suffix=o.suffix,
+            force_date=o.force_date,
+        )
+        log.info(f"dated tag of this run: {ctx.dated_tag} ({', '.join(b.name for b in chosen)})")
+    return chosen
+
+
 @step(
     "tag-dated",
     "Tag the {backend} image with today's UTC date and push it (--dry-run)",
@@ -233,21 +304,22 @@ def push(ctx: Context, backend: Backend) -> None:
     options=(
         option("--date", help="YYYY-MM-DD instead of today (UTC)"),
         option("--force-date", action="store_true", help="allow --date more than a day ahead"),
-        option("--suffix", default="", help="N for YYYY-MM-DD.N, or auto: the next free one"),
+        option(
+            "--suffix",
+            default="",
+            help="N for YYYY-MM-DD.N, or auto: the next one free for every image named",
+        ),
         *PUBLISH_OPTIONS,
     ),
+    prepare=_prepare_tag_dated,
 )
 def tag_dated(ctx: Context, backend: Backend) -> None:
     o = ctx.options
-    publish.dated_candidates(o.date, o.suffix, force_date=o.force_date)  # checked first
-    _load_for_publishing(ctx, backend)
     publish.tag_dated_image(
         ctx.client,
         ctx.settings,
         backend,
-        day=o.date,
-        suffix=o.suffix,
-        force_date=o.force_date,
+        tag=ctx.dated_tag,
         dry_run=o.dry_run,
         allow_unverified=o.allow_unverified,
     )
@@ -258,33 +330,36 @@ def tag_dated(ctx: Context, backend: Backend) -> None:
 
 @step(
     "start",
-    "Start the {backend} container, wait until ready (--source DIR, --ports)",
+    "Start the {backend} container, wait until ready (--source DIR, --ports, --keep)",
     scope=SERVICES,
-    options=(SOURCE_OPTION, PORTS_OPTION),
+    options=(
+        SOURCE_OPTION,
+        PORTS_OPTION,
+        option(
+            "--keep",
+            action="store_true",
+            help="keep a container that does not become ready, for inspection",
+        ),
+    ),
 )
 def start(ctx: Context, backend: Backend) -> None:
     client, name = ctx.client, backend.container_name
-    source = _source_dir(ctx.options.source)
+    source = _source_dir(ctx.options.source, ctx.invoked_from)
     planned = ports.plan(backend.ports, ctx.options.ports)
     containers.ready_timeout(backend)  # a bad override fails before anything starts
     existing = containers.find(client, name)
     if existing is not None and existing.status == "running":
-        mounted = containers.mounted_source(existing)
-        if source is not None and mounted != str(source):
-            raise UserError(
-                f"{name} is running with {mounted or 'no checkout'} at {containers.SOURCE_MOUNT}, "
-                f"not {source}; to switch, `nox -s stop -- {backend.name}` and start it again"
-            )
-        log.info(f"{name} is already running" + (f" with {mounted}" if mounted else ""))
-        _wait_ready_or_show_logs(existing, backend)
+        _use_running(existing, backend, source)
         return
     if existing is not None:
-        # Its last words go to the log before it goes: nothing is lost silently.
+        # Its last words go to the log before it goes: nothing is lost silently
+        # (a start the engine's stop or a kill -9 interrupted leaves one).
         with log.group(
-            f"{name} had stopped (exit code {containers.exit_code(existing)}); its last output"
+            f"{name} is there but {existing.status} (exit code "
+            f"{containers.exit_code(existing)}), left by an earlier start; its last output"
         ):
             log.write(existing.logs(tail=20).decode(errors="replace"))
-        log.info(f"removing stopped container {name}")
+        log.info(f"removing the {existing.status} container {name}")
         containers.remove(existing)
     ports.check_free(client, planned, "--ports")
     image = require_image(client, ctx.settings, backend)
@@ -296,18 +371,58 @@ def start(ctx: Context, backend: Backend) -> None:
         container = containers.start(
             client, backend, image, name=name, source=source, ports=planned
         )
-    except KeyboardInterrupt:
-        raise UserError(f"interrupted: {name} was not started") from None
+    except containers.NameTaken:
+        # Another start of this backend (a second terminal, a retried CI step)
+        # created it between our look and our create: that one goes on.
+        other = containers.await_created(client, name)
+        if other is None:
+            raise UserError(
+                f"another start of {backend.name} created {name} and removed it again; "
+                f"run `nox -s start -- {backend.name}` once more"
+            ) from None
+        log.info(f"another start of {backend.name} created {name} just now; waiting for it")
+        _use_running(other, backend, source)
+        return
+    except KeyboardInterrupt as interrupt:
+        raise UserError(f"{signals.describe(interrupt)}: {name} was not started") from None
     try:
         _wait_ready_or_show_logs(container, backend)
     except StepFailed as error:
-        raise StepFailed(
-            f"{error}; container left for inspection, remove it with "
-            f"`nox -s stop -- {backend.name}`"
-        ) from None
-    except KeyboardInterrupt:
+        if ctx.options.keep:
+            raise StepFailed(
+                f"{error}; kept {name} for inspection (--keep): `nox -s print-logs -- "
+                f"{backend.name}`, then `nox -s stop -- {backend.name}`"
+            ) from None
         containers.remove(container)
-        raise UserError(f"interrupted: removed the half-started {name}") from None
+        raise StepFailed(
+            f"{error}; its logs are above, and {name} was removed (--keep keeps it)"
+        ) from None
+    except KeyboardInterrupt as interrupt:
+        containers.remove(container)
+        raise UserError(f"{signals.describe(interrupt)}: removed the half-started {name}") from None
+    except Exception as error:
+        from requests.exceptions import ConnectionError as Disconnected
+
+        if not isinstance(error, Disconnected):  # the engine stopped or restarted meanwhile
+            raise
+        raise UserError(
+            f"start {backend.name} failed: the Docker engine stopped answering "
+            f"({first_line(error)}); once it is back, `nox -s start -- {backend.name}` names "
+            f"and replaces the {name} this one left"
+        ) from None
+
+
+def _use_running(container, backend: Backend, source: Path | None) -> None:
+    """An already running container: the same checkout, and ready."""
+    mounted = containers.mounted_source(container)
+    if source is not None and mounted != str(source):
+        raise UserError(
+            f"{container.name} is running with {mounted or 'no checkout'} at "
+            f"{containers.SOURCE_MOUNT}, not {source}; to switch, "
+            f"`nox -s stop -- {backend.name}` and start it again"
+        )
+    log.info(f"{container.name} is already running" + (f" with {mounted}" if mounted else ""))
+    _wait_ready_or_show_logs(container, backend)
 
 
 @step(
@@ -411,12 +526,6 @@ def cycle(ctx: Context, backend: Backend) -> None:
 # -- helpers -------------------------------------------------------------------
 
 
-def _load_for_publishing(ctx: Context, backend: Backend) -> None:
-    """--load TAR: the image another job built and verified (its state dir comes along)."""
-    if ctx.options.load:
-        load_archive(ctx.client, ctx.options.load, ctx.settings.reference(backend))
-
-
 def _wait_ready_or_show_logs(container, backend: Backend) -> None:
     try:
         containers.wait_ready(container, backend)
@@ -486,17 +595,21 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
-def _source_dir(option: str | None) -> Path | None:
+def _source_dir(option: str | None, invoked_from: Path) -> Path | None:
+    """--source (or $DASK_GATEWAY_SOURCE), taken from where the user ran nox."""
     value = option or os.environ.get(SOURCE_VARIABLE)
     if not value:
         return None
     where = "--source" if option else SOURCE_VARIABLE
-    path = Path(value).expanduser().resolve()
+    path = (invoked_from / Path(value).expanduser()).resolve()
     if not path.is_dir():
-        raise UserError(f"{where} {value}: not a directory (a dask-gateway checkout is expected)")
+        looked = f" (looked at {path})" if str(path) != value else ""
+        raise UserError(
+            f"{where} {value}: not a directory{looked}; a dask-gateway checkout is expected"
+        )
     if not (path / "tests").is_dir():
         raise UserError(
-            f"{where} {value}: no tests/ folder there; give the root of a dask-gateway checkout"
+            f"{where} {value}: no tests/ folder in {path}; give the root of a dask-gateway checkout"
         )
     return path
 
@@ -514,19 +627,40 @@ def split_posargs(step: Step, posargs: list[str], fixed: str | None) -> tuple[li
     return names, rest
 
 
-def run(name: str, posargs: list[str], fixed: str | None = None) -> None:
-    """Entry point of every step session."""
+def run(
+    name: str, posargs: list[str], fixed: str | None = None, invoked_from: Path | None = None
+) -> None:
+    """Entry point of every step session.
+
+    `invoked_from` is where the user ran nox (nox changes into the noxfile's
+    folder first): relative paths in options are taken from there.
+    """
     step_ = STEPS[name]
     backends = load_all()
     names, rest = split_posargs(step_, posargs, fixed)
     selected = select(backends, names, name, step_.scope)
     options, extra = step_.parse(rest)
-    ctx = Context(backends=backends, settings=load_settings(), options=options, extra=extra)
-    for backend in selected:
-        try:
-            with engine_errors(f"{name} {backend.name}"):
-                step_.function(ctx, backend)
-        except KeyboardInterrupt:
-            raise UserError(f"{name} {backend.name}: interrupted") from None
-        except OSError as error:
-            raise UserError(f"{name} {backend.name}: {error}") from None
+    ctx = Context(
+        backends=backends,
+        settings=load_settings(),
+        options=options,
+        extra=extra,
+        invoked_from=invoked_from or Path.cwd(),
+    )
+    with signals.interruptible():
+        if step_.prepare is not None:
+            selected = _guarded(name, None, lambda: step_.prepare(ctx, selected))
+        for backend in selected:
+            _guarded(name, backend, lambda b=backend: step_.function(ctx, b))
+
+
+def _guarded(name: str, backend: Backend | None, call: Callable):
+    """Run one part of a step: engine errors, interrupts and OS errors as one line."""
+    doing = f"{name} {backend.name}" if backend else name
+    try:
+        with engine_errors(doing, backend.name if backend else None):
+            return call()
+    except KeyboardInterrupt as interrupt:
+        raise UserError(f"{doing}: {signals.describe(interrupt)}") from None
+    except OSError as error:
+        raise UserError(f"{doing}: {error}") from None

@@ -74,6 +74,18 @@ def _hide_credentials(value: str) -> None:
             log.add_secret(f"{parsed.username}:{password}")
 
 
+def hide_forwarded(environment: list[str] | None) -> None:
+    """Mask what a container's forwarded variables carry (its `Config.Env`).
+
+    The process that started the container masked them; every later session
+    (install, test, print-logs) reads them back from the container itself.
+    """
+    for item in environment or []:
+        name, _, value = item.partition("=")
+        if name in FORWARDED_VARIABLES:
+            _hide_credentials(value)
+
+
 def forwarded(environ: dict[str, str] | None = None) -> tuple[dict, dict[str, str]]:
     """(docker volumes, environment) that carry the host's trust into a container."""
     environ = dict(os.environ if environ is None else environ)

@@ -12,7 +12,6 @@ only source.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import re
@@ -30,7 +29,8 @@ from tests.http_server import serve
 from tests.nox_runner import Run, aborted_line, nox, nox_env
 from tests.registry import free_port, unavailable
 
-pytestmark = pytest.mark.docker
+# Builds here leave untagged images on purpose (target stages, failed downloads).
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("untagged_builds_removed")]
 
 CI = Path(__file__).resolve().parents[1] / "ci"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the classic builder colours RUN's stderr
@@ -223,21 +223,14 @@ def env(tmp_path_factory):
     return nox_env(tmp_path_factory.mktemp("state"))
 
 
-@pytest.fixture(scope="module")
-def built_images(engine) -> Iterator[list[str]]:
-    """Download-stage images this module built; removed at the end (they are untagged)."""
-    from docker.errors import APIError
-
-    images: list[str] = []
-    yield images
-    for image in images:
-        with contextlib.suppress(APIError):
-            engine.images.remove(image)
-
-
 def run_in(engine, image: str, script: str) -> str:
     """Run `script` in a throwaway container of `image` (no network); its output."""
-    container = engine.containers.create(image, ["bash", "-c", script], network_mode="none")
+    container = engine.containers.create(
+        image,
+        ["bash", "-c", script],
+        network_mode="none",
+        labels={"io.github.dask-gateway-ci.test": "download-stage"},
+    )
     try:
         container.start()
         status = container.wait(timeout=120)
@@ -297,7 +290,7 @@ def test_arg_defaults_reader_expands_references(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(DOWNLOADS))
-def test_right_checksums_build_the_download_stage(engine, env, served, machine, built_images, name):
+def test_right_checksums_build_the_download_stage(engine, env, served, machine, name):
     download = DOWNLOADS[name]
     run = build_download(env, download, build_args(download, served, machine))
     assert run.returncode == 0, run.output[-3000:]
@@ -306,7 +299,6 @@ def test_right_checksums_build_the_download_stage(engine, env, served, machine, 
     match = BUILT.search(run.output)
     assert match, run.output[-3000:]
     image = match.group(1)
-    built_images.append(image)
     assert run_in(engine, image, download.check).splitlines()[-1] == "ok"
 
 

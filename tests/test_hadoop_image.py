@@ -24,7 +24,6 @@ inside a build.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -41,9 +40,14 @@ import pytest
 
 from scripts import backends
 from scripts.dockerfile import instructions, stages
+from scripts.images import untag
 from tests.http_server import serve
 from tests.nox_runner import Run, nox_env
 from tests.test_download_stage import Fetch, arg_defaults, make_tarball, run_in
+
+# Builds here leave untagged images on purpose (target stages, failed downloads).
+pytestmark = pytest.mark.usefixtures("untagged_builds_removed")
+
 
 ROOT = Path(__file__).resolve().parents[1]
 HADOOP = ROOT / "ci" / "hadoop"
@@ -169,25 +173,11 @@ def stand_ins(tmp_path_factory, engine) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, engine) -> Iterator[dict[str, str]]:
-    from docker.errors import APIError
-
     env = nox_env(tmp_path_factory.mktemp("state"))
     # The copy's base image has other labels (no git history): not the tests' tag.
     env.update(DASK_GATEWAY_CI_REGISTRY="ghcr.io", DASK_GATEWAY_CI_OWNER=OWNER)
     yield env
-    with contextlib.suppress(APIError):
-        engine.images.remove(f"ghcr.io/{OWNER}/dask-gateway-ci-base:latest")
-
-
-@pytest.fixture(scope="module")
-def built_images(engine) -> Iterator[list[str]]:
-    from docker.errors import APIError
-
-    images: list[str] = []
-    yield images
-    for image in images:
-        with contextlib.suppress(APIError):
-            engine.images.remove(image)
+    untag(engine, f"ghcr.io/{OWNER}/dask-gateway-ci-base:latest")
 
 
 def build_configured(tree: Path, env: dict[str, str], stand_ins: dict[str, str]) -> Run:
@@ -211,14 +201,13 @@ def build_configured(tree: Path, env: dict[str, str], stand_ins: dict[str, str])
 
 @pytest.mark.docker
 def test_umask_002_checkout_builds_with_container_executor_setup_right(
-    engine, env, stand_ins, built_images, tmp_path
+    engine, env, stand_ins, tmp_path
 ):
     run = build_configured(checkout(tmp_path / "checkout"), env, stand_ins)
     assert run.returncode == 0, run.output[-3000:]
     assert f"stand-in container-executor: --checksetup passed for {CFG}" in run.output
     match = BUILT.search(run.output)
     assert match, run.output[-3000:]
-    built_images.append(match.group(1))
     parents = [CFG, *(str(p) for p in Path(CFG).parents if str(p) != "/")]
     listing = run_in(engine, match.group(1), f"stat -c '%u %a %n' {' '.join(parents)}")
     modes = {line.split()[2]: line.split()[:2] for line in listing.splitlines()}

@@ -92,14 +92,17 @@ def test_build_arg_needs_key_value():
 
 def test_source_must_be_a_checkout_with_tests(tmp_path, monkeypatch):
     monkeypatch.delenv("DASK_GATEWAY_SOURCE", raising=False)
-    assert steps._source_dir(None) is None
+    here = tmp_path / "elsewhere"
+    assert steps._source_dir(None, here) is None
     with pytest.raises(UserError, match="not a directory"):
-        steps._source_dir(str(tmp_path / "missing"))
-    with pytest.raises(UserError, match="no tests/ folder there"):
-        steps._source_dir(str(tmp_path))
+        steps._source_dir(str(tmp_path / "missing"), here)
+    with pytest.raises(UserError, match="no tests/ folder in"):
+        steps._source_dir(str(tmp_path), here)
     (tmp_path / "tests").mkdir()
     monkeypatch.setenv("DASK_GATEWAY_SOURCE", str(tmp_path))
-    assert steps._source_dir(None) == tmp_path.resolve()
+    assert steps._source_dir(None, here) == tmp_path.resolve()
+    # Relative: from where nox was run, not from the noxfile's folder.
+    assert steps._source_dir("..", tmp_path / "tests") == tmp_path.resolve()
 
 
 def test_step_registry_is_the_one_table():
@@ -330,11 +333,17 @@ def test_build_passes_the_parent_by_id_and_never_pulls():
     assert kwargs["buildargs"]["EXTRA"] == "1"
     assert kwargs["pull"] is False
     assert kwargs["tag"] == "ghcr.io/dask/dask-gateway-ci-slurm:latest"
-    assert kwargs["labels"]["org.opencontainers.image.title"] == "dask-gateway-ci-slurm"
+    assert "labels" not in kwargs  # in the Dockerfile: one sorted instruction
     assert kwargs["custom_context"] is True
     with tarfile.open(fileobj=kwargs["fileobj"]) as archive:
         names = archive.getnames()
+        dockerfile = archive.extractfile("Dockerfile").read().decode()
     assert "Dockerfile" in names and "files/etc/slurm/slurm.conf" in names
+    last = dockerfile.rstrip().splitlines()[-1]
+    assert last.startswith('LABEL "io.github.dask-gateway-ci.backend"="slurm" ')
+    assert '"org.opencontainers.image.title"="dask-gateway-ci-slurm"' in last
+    keys = re.findall(r'"([^"]+)"=', last)
+    assert keys == sorted(keys) and len(keys) == 8
 
 
 def test_build_context_takes_the_umask_out(tmp_path):

@@ -16,6 +16,7 @@ from scripts import registry as registry_ops
 from scripts.backends import Backend
 from scripts.credentials import credentials
 from scripts.errors import StepFailed, UserError
+from scripts.images import untag
 from scripts.settings import load_settings
 from scripts.steps import STEPS
 from tests.nox_runner import ROOT, nox
@@ -125,6 +126,12 @@ def test_push_stream_reads_error_and_final_digest():
     stream.feed({"status": "Pushed", "progressDetail": {}, "id": "abc"})
     stream.feed({"progressDetail": {}, "aux": {"Tag": "latest", "Digest": "sha256:1", "Size": 9}})
     assert (stream.digest, stream.manifest_size, stream.error) == ("sha256:1", 9, None)
+    # The containerd image store and Podman send no aux record: the status line has it.
+    digest = "sha256:" + "7" * 64
+    status_only = registry_ops.PushStream()
+    status_only.feed({"status": "Pushed", "progressDetail": {}, "id": "abc"})
+    status_only.feed({"status": f"latest: digest: {digest} size: 1234"})
+    assert (status_only.digest, status_only.manifest_size) == (digest, 1234)
     failed = registry_ops.PushStream()
     failed.feed({"errorDetail": {"message": "denied: no"}, "error": "denied: no"})
     assert failed.error == "denied: no"
@@ -178,34 +185,6 @@ def test_push_stream_errors_are_retried_with_backoff_then_reported(monkeypatch):
     with pytest.raises(StepFailed, match="still failing after 3 attempts"):
         registry_ops.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
     assert api.calls == 3
-
-
-class _LookupAPI:
-    def __init__(self, answers):
-        self.answers = list(answers)
-
-    def inspect_distribution(self, reference, auth_config):
-        from docker.errors import APIError
-
-        answer = self.answers.pop(0)
-        if isinstance(answer, str):
-            raise APIError(answer, explanation=answer)
-        return answer
-
-
-def test_rate_limited_lookups_are_retried_and_denied_ones_are_unknown(monkeypatch):
-    monkeypatch.setenv(registry_ops.RETRIES_VARIABLE, "2")
-    monkeypatch.setenv(registry_ops.BACKOFF_VARIABLE, "0")
-    digest = {"Descriptor": {"digest": "sha256:" + "1" * 64}}
-    api = _LookupAPI(["toomanyrequests: rate limit exceeded", digest])
-    assert registry_ops.remote_digest(_FakeClient(api), "r.example/o/i:x", None).endswith("1" * 64)
-    api = _LookupAPI(["denied: requested access to the resource is denied"])
-    assert (
-        registry_ops.remote_digest(_FakeClient(api), "r.example/o/i:x", None)
-        == registry_ops.UNKNOWN
-    )
-    api = _LookupAPI(["manifest unknown: manifest unknown"])
-    assert registry_ops.remote_digest(_FakeClient(api), "r.example/o/i:x", None) is None
 
 
 def test_options_for_publishing():
@@ -286,11 +265,7 @@ def build(client, tmp_path):
 
     yield build
     for image_id in made:
-        try:
-            client.images.remove(image_id, force=True, noprune=False)
-        except Exception as error:  # already gone; report anything else
-            if "No such image" not in str(error):
-                raise
+        untag(client, image_id)
 
 
 def _push(client, backend, **options) -> None:
@@ -298,7 +273,7 @@ def _push(client, backend, **options) -> None:
 
 
 def _dated(client, backend, **options) -> None:
-    publish.tag_dated_image(client, load_settings(), backend, **{"day": DAY, **options})
+    publish.tag_dated(client, load_settings(), [backend], **{"day": DAY, **options})
 
 
 def _verified(image_id: str) -> str:
@@ -505,22 +480,51 @@ def test_suffix_auto_takes_the_next_free_dated_tag(client, backend, build, regis
 
 
 @docker
-def test_a_denied_lookup_lets_the_push_decide(client, backend, build, registry, login, capfd):
-    """ghcr.io denies look-ups of a package the token cannot read yet; the push still works."""
+def test_a_denied_lookup_lets_latest_be_pushed_but_no_dated_tag(
+    client, backend, build, registry, login, capfd
+):
+    """ghcr.io denies look-ups of a package the token cannot read yet.
+
+    :latest may be pushed over what it cannot see (a warning says so); a
+    dated tag that cannot be proven free is never written. The containerd
+    image store asks for the tag's manifest itself before it pushes (its
+    pusher accepts only 200 or 404 there), so on that store the push fails,
+    in one line naming the 403.
+    """
+    from scripts.engine import CONTAINERD, image_store
+
     image = _verified(build("denied lookup"))
+    containerd = image_store(client) == CONTAINERD
     with DenyingLookups(registry) as proxy:
         os.environ["DASK_GATEWAY_CI_REGISTRY"] = proxy.address
         reference = f"{proxy.address}/{NAME}:latest"
         client.api.tag(image, reference.rsplit(":", 1)[0], tag="latest")
         try:
-            _push(client, backend)
+            if containerd:
+                with pytest.raises(UserError) as refused:
+                    _push(client, backend)
+            else:
+                _push(client, backend)
+            _, pushed = capfd.readouterr()
+            with pytest.raises(UserError) as raised:
+                _dated(client, backend, suffix="auto")
         finally:
             os.environ["DASK_GATEWAY_CI_REGISTRY"] = registry.address
             client.api.remove_image(reference)
-    _, err = capfd.readouterr()
-    assert proxy.denied >= 1
-    assert f"pushed {reference}: " in err
-    assert registry.manifest_digest(NAME, "latest") == _pushed_digest(err)
+            with contextlib.suppress(Exception):
+                client.api.remove_image(f"{proxy.address}/{NAME}:{DAY}")
+    assert proxy.denied >= 2
+    assert f"cannot read what {reference} holds; replacing it" in pushed
+    if containerd:
+        said = str(refused.value)
+        assert "403" in said and "\n" not in said and registry.token not in said
+        assert registry.manifest_digest(NAME, "latest") is None
+    else:
+        assert registry.manifest_digest(NAME, "latest") == _pushed_digest(pushed)
+    message = str(raised.value)
+    assert f"cannot tell whether {proxy.address}/{NAME}:{DAY} is free" in message
+    assert "DENIED" in message and "\n" not in message
+    assert registry.manifest_digest(NAME, DAY) is None
 
 
 # -- reuse of published images in pull requests, and images carried between jobs ----------
@@ -585,48 +589,182 @@ def _nox_in(project: Path, *args: str):
     return done
 
 
-@docker
-def test_a_pull_request_builds_only_what_it_changes(client, registry, login, tmp_path):
+def _git(project: Path, *args: str) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=project,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
+def _commit(project: Path, path: str, text: str) -> str:
+    (project / path).write_text(text)
+    _git(project, "commit", "-qam", f"edit {path}")
+    return _git(project, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def tiny(client, registry, login, tmp_path):
+    """A tiny project (see _tiny_project) publishing to the test registry; cleaned up after."""
     project = _tiny_project(tmp_path, client)
     repository = f"{registry.address}/publishtest"
-    try:
-        first = _nox_in(project, "-s", "build-leaf")
-        assert first.returncode == 0
-        published = {
-            n: client.images.get(f"{repository}/publishtest-{n}:latest").id
-            for n in ("tiny", "leaf")
-        }
-        pushed = _nox_in(project, "-s", "push", "--", "tiny", "leaf", "--allow-unverified")
-        assert pushed.returncode == 0
-        for name in ("tiny", "leaf"):
-            client.images.remove(f"{repository}/publishtest-{name}:latest")
+    yield project, repository
+    # Every image of the two (tagged, or untagged by a later build), children first.
+    for title in ("publishtest-leaf", "publishtest-tiny"):
+        label = f"org.opencontainers.image.title={title}"
+        for image in client.images.list(filters={"label": label}):
+            untag(client, image.id)
+    untag(client, f"{SEED}:1")
 
-        unchanged = _nox_in(project, "-s", "build-leaf", "--", "--pull-unchanged-since", "HEAD")
-        assert unchanged.returncode == 0
-        for name in ("tiny", "leaf"):
-            assert (
-                f"pulled the published {repository}/publishtest-{name}:latest" in unchanged.stdout
-            )
-            assert (
-                client.images.get(f"{repository}/publishtest-{name}:latest").id == published[name]
-            )
-        assert "Step 1/" not in unchanged.stdout  # nothing was built
 
-        (project / "ci" / "leaf" / "files" / "etc" / "leaf.conf").write_text("changed\n")
-        changed = _nox_in(project, "-s", "build-leaf", "--", "--pull-unchanged-since", "HEAD")
-        assert changed.returncode == 0
-        assert f"pulled the published {repository}/publishtest-tiny:latest" in changed.stdout
-        assert f"built {repository}/publishtest-leaf:latest" in changed.stdout
-        assert client.images.get(f"{repository}/publishtest-leaf:latest").id != published["leaf"]
+@docker
+def test_a_pull_request_pulls_only_current_images_of_ours(client, registry, tiny):
+    project, repository = tiny
+    leaf, small = f"{repository}/publishtest-leaf:latest", f"{repository}/publishtest-tiny:latest"
+    assert _nox_in(project, "-s", "build-leaf").returncode == 0
+    published = {ref: client.images.get(ref).id for ref in (small, leaf)}
+    pushed = _nox_in(project, "-s", "push", "--", "tiny", "leaf", "--allow-unverified")
+    assert pushed.returncode == 0
+    for reference in published:
+        client.images.remove(reference)
 
-        bad = _nox_in(project, "-s", "build-leaf", "--", "--pull-unchanged-since", "nosuchrev")
-        assert bad.returncode != 0 and "cannot compare with git revision 'nosuchrev'" in bad.stdout
-    finally:
-        for name in ("tiny", "leaf"):
-            with contextlib.suppress(Exception):
-                client.images.remove(f"{repository}/publishtest-{name}:latest", force=True)
-        with contextlib.suppress(Exception):
-            client.images.remove(f"{SEED}:1", force=True)
+    # Unchanged: the leaf alone is pulled; it holds its parent's layers already.
+    unchanged = _nox_in(project, "-s", "build-leaf", "--", "--pull-if-current")
+    assert unchanged.returncode == 0
+    assert f"pulled the published {leaf}" in unchanged.stdout
+    assert f"pulled the published {small}" not in unchanged.stdout
+    assert client.images.get(leaf).id == published[leaf]
+    assert "Step 1/" not in unchanged.stdout  # nothing was built
+    client.images.remove(leaf)
+
+    # A change to the leaf's folder, not committed yet: its parent pulled, the leaf built.
+    (project / "ci" / "leaf" / "files" / "etc" / "leaf.conf").write_text("changed\n")
+    changed = _nox_in(project, "-s", "build-leaf", "--", "--pull-if-current")
+    assert changed.returncode == 0
+    assert "its ci/ folders changed since; building it" in changed.stdout
+    assert f"pulled the published {small}" in changed.stdout
+    assert f"built {leaf}" in changed.stdout
+    assert client.images.get(leaf).id != published[leaf]
+
+
+@docker
+def test_a_published_image_not_ours_or_not_in_this_history_is_built(client, registry, tiny):
+    project, repository = tiny
+    small = f"{repository}/publishtest-tiny:latest"
+    # Someone else's image under our name (upstream's hand-built images, say).
+    client.api.tag(f"{SEED}:1", small.rsplit(":", 1)[0], tag="latest")
+    assert _nox_in(project, "-s", "push-tiny", "--", "--allow-unverified").returncode == 0
+    client.images.remove(small)
+    foreign = _nox_in(project, "-s", "build-tiny", "--", "--pull-if-current")
+    assert foreign.returncode == 0
+    assert f"{small} is not an image of this project" in foreign.stdout
+    assert f"built {small}" in foreign.stdout
+
+    # Ours, but from a history this clone does not have (a force-push, another fork).
+    assert _nox_in(project, "-s", "push-tiny", "--", "--allow-unverified").returncode == 0
+    _git(project, "checkout", "-q", "--orphan", "rewritten")
+    _git(project, "commit", "-qm", "rewritten history")
+    _git(project, "branch", "-D", "master" if "master" in _git(project, "branch") else "main")
+    _git(project, "reflog", "expire", "--expire=now", "--all")
+    _git(project, "gc", "-q", "--prune=now")
+    client.images.remove(small)
+    rewritten = _nox_in(project, "-s", "build-tiny", "--", "--pull-if-current")
+    assert rewritten.returncode == 0
+    assert "which this clone does not have; building it" in rewritten.stdout
+
+
+@docker
+def test_latest_only_moves_forward(client, registry, tiny):
+    """Re-running an old images run must not move :latest back to its older build."""
+    project, repository = tiny
+    small = f"{repository}/publishtest-tiny:latest"
+    old = _git(project, "rev-parse", "HEAD")
+    new = _commit(project, "ci/tiny/files/etc/tiny.conf", "newer\n")
+    assert _nox_in(project, "-s", "build-tiny").returncode == 0
+    assert _nox_in(project, "-s", "push-tiny", "--", "--allow-unverified").returncode == 0
+    newest = registry.manifest_digest("publishtest/publishtest-tiny", "latest")
+
+    _git(project, "checkout", "-q", old)
+    assert _nox_in(project, "-s", "build-tiny").returncode == 0
+    back = _nox_in(project, "-s", "push-tiny", "--", "--allow-unverified")
+    assert back.returncode != 0
+    assert f"{small} holds a newer build (revision {new[:12]}; this image is of {old[:12]})" in (
+        back.stdout
+    )
+    assert "only moves forward, nothing was pushed" in back.stdout
+    assert registry.manifest_digest("publishtest/publishtest-tiny", "latest") == newest
+
+    _git(project, "checkout", "-q", new)
+    forward = _commit(project, "ci/tiny/files/etc/tiny.conf", "newest\n")
+    assert _nox_in(project, "-s", "build-tiny").returncode == 0
+    onward = _nox_in(project, "-s", "push-tiny", "--", "--allow-unverified")
+    assert onward.returncode == 0, onward.stdout
+    labels = client.images.get(small).labels
+    assert labels["org.opencontainers.image.revision"] == forward
+    assert registry.manifest_digest("publishtest/publishtest-tiny", "latest") != newest
+
+
+@docker
+def test_one_dated_tag_names_one_consistent_set(client, registry, tiny):
+    """A same-day rerun where only one image had that day's tag moves the whole set to .1."""
+    project, repository = tiny
+    assert _nox_in(project, "-s", "build-leaf").returncode == 0
+    first = _nox_in(project, "-s", "tag-dated", "--", "tiny", "--date", DAY, "--allow-unverified")
+    assert first.returncode == 0
+    _commit(project, "ci/tiny/files/etc/tiny.conf", "second run\n")
+    assert _nox_in(project, "-s", "build-leaf").returncode == 0
+    both = _nox_in(
+        project,
+        "-s",
+        "tag-dated",
+        "--",
+        "tiny",
+        "leaf",
+        "--date",
+        DAY,
+        "--suffix",
+        "auto",
+        "--allow-unverified",
+    )
+    assert both.returncode == 0, both.stdout
+    assert f"dated tag of this run: {DAY}.1 (tiny, leaf)" in both.stdout
+    for name in ("tiny", "leaf"):
+        digest = registry.manifest_digest(f"publishtest/publishtest-{name}", f"{DAY}.1")
+        local = client.images.get(f"{repository}/publishtest-{name}:latest")
+        assert digest and any(d.endswith(digest) for d in local.attrs["RepoDigests"]), name
+    # leaf's DAY was free, but DAY is not a set with tiny's: it stays unused.
+    assert registry.manifest_digest("publishtest/publishtest-leaf", DAY) is None
+
+
+@docker
+def test_publishing_leaves_out_a_failed_non_blocking_image(client, registry, tiny, tmp_path):
+    """images.yaml's publish job: a folder of archives; a missing advisory one is a warning."""
+    project, _ = tiny
+    leaf_toml = project / "ci" / "leaf" / "backend.toml"
+    leaf_toml.write_text(leaf_toml.read_text() + "blocking = false\n")
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    built = _nox_in(project, "-s", "build-tiny", "--", "--save", str(archives / "tiny.tar"))
+    assert built.returncode == 0
+    pushed = _nox_in(
+        project, "-s", "push", "--", "tiny", "leaf", "--load", str(archives), "--allow-unverified"
+    )
+    assert pushed.returncode == 0, pushed.stdout
+    assert "leaf is not published: no" in pushed.stdout
+    assert registry.manifest_digest("publishtest/publishtest-tiny", "latest")
+    assert registry.manifest_digest("publishtest/publishtest-leaf", "latest") is None
+
+    leaf_toml.write_text(leaf_toml.read_text().replace("blocking = false\n", ""))
+    refused = _nox_in(
+        project, "-s", "push", "--", "tiny", "leaf", "--load", str(archives), "--allow-unverified"
+    )
+    assert refused.returncode != 0
+    assert f"--load {archives}: no leaf.tar there for leaf" in refused.stdout
 
 
 @docker

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from scripts.backends import IMAGE, load_all
+from scripts.images import untag
 from scripts.provenance import LABEL_PREFIX
 from scripts.settings import load_settings
 from scripts.steps import STEPS
@@ -86,9 +87,9 @@ def test_build_and_verify_base_from_a_clean_state_then_from_cache(engine, env):
     base = ALL["base"]
     reference = settings.reference(base)
     assert TEST_OWNER in reference
-    # Untag (children built on it keep its layers): the session must create it.
-    if engine.images.list(name=reference):
-        engine.images.remove(reference)
+    # Untag, keeping the build cache (children built on it keep its layers too):
+    # the session must create it, from cache.
+    untag(engine, reference)
     assert not engine.images.list(name=reference)
 
     first = nox("-s", "build-base", "verify-base", env=env)

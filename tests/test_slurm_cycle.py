@@ -11,7 +11,7 @@ import time
 import pytest
 
 from scripts.backends import load_all
-from tests.conftest import PORT_OFFSET
+from tests.conftest import PORT_OFFSET, PUBLISHED_PORTS
 from tests.nox_runner import aborted_line, fake_checkout, nox, our_containers, start_nox
 
 pytestmark = pytest.mark.docker
@@ -38,7 +38,7 @@ def test_verify_slurm_runs_a_job_and_cleans_up(engine, env, built):
 
 
 def test_full_cycle_with_conformance_tests(engine, env, built, no_container):
-    start = nox("-s", "start", "--", "slurm", env=env)
+    start = nox("-s", "start", "--", "slurm", "--ports", PUBLISHED_PORTS, env=env)
     assert start.returncode == 0, start.output
     container = engine.containers.get(SLURM.container_name)
     assert container.attrs["Config"]["Hostname"] == "slurm"
@@ -129,7 +129,7 @@ def test_killed_container_during_test_is_a_clear_failure_and_stop_cleans_up(
     # Starting again shows the dead container's last output, then replaces it.
     restart = nox("-s", "start-slurm", env=env)
     assert restart.returncode == 0, restart.output
-    assert "had stopped (exit code 137); its last output" in restart.output
+    assert "is there but exited (exit code 137), left by an earlier start" in restart.output
     assert engine.containers.get(SLURM.container_name).status == "running"
 
     stop = nox("-s", "stop-slurm", env=env)

@@ -100,7 +100,7 @@ def image_for(engine, backend: str) -> str:
         f"no {backend} image here: its source cannot be downloaded on this machine "
         f"(build it with `nox -s build-{backend} -- --build-arg ...URL=` first)"
     )
-    raise AssertionError  # unreachable: unavailable() fails or skips
+    raise AssertionError  # unreachable: unavailable() fails
 
 
 def exec_(container, command, *, user="root", workdir="/working") -> str:

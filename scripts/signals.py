@@ -1,0 +1,55 @@
+"""SIGTERM and SIGHUP handled like Ctrl-C, so every step cleans up the same way.
+
+CI systems cancel with SIGTERM (GitHub Actions: SIGINT, then SIGTERM, then
+SIGKILL), as do `timeout` and a closed terminal (SIGHUP). Python's default
+for those ends the process on the spot, leaving a half-started container.
+Inside `interruptible()`, they raise Terminated, a KeyboardInterrupt, so the
+code that removes what Ctrl-C would leave runs for them too.
+
+    with interruptible():
+        start_the_container()      # SIGTERM here: removed, then one line
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+HANDLED = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM or SIGHUP, raised where the main thread was."""
+
+    def __init__(self, number: int):
+        super().__init__(signal.Signals(number).name)
+        self.signal_name = signal.Signals(number).name
+
+
+def _raise(number: int, _frame) -> None:
+    raise Terminated(number)
+
+
+def describe(interrupt: KeyboardInterrupt) -> str:
+    """How the run was stopped, for its closing line."""
+    if isinstance(interrupt, Terminated):
+        return f"terminated ({interrupt.signal_name})"
+    return "interrupted"
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise Terminated (main thread only)."""
+    previous = {}
+    try:
+        for number in HANDLED:
+            previous[number] = signal.signal(number, _raise)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
