@@ -251,15 +251,13 @@ setup_bridge() {
 
 setup_nat() {
     sysctl -q -w net.ipv4.ip_forward=1
-    local table net
+    local table
     for table in filter nat; do
         iptables -t "$table" -N "$CHAIN" 2>/dev/null || iptables -t "$table" -F "$CHAIN"
     done
-    for net in "$SUBNET"; do
-        iptables -t filter -A "$CHAIN" -s "$net" -j ACCEPT
-        iptables -t filter -A "$CHAIN" -d "$net" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
-        iptables -t nat -A "$CHAIN" -s "$net" ! -d "$net" -j MASQUERADE
-    done
+    iptables -t filter -A "$CHAIN" -s "$SUBNET" -j ACCEPT
+    iptables -t filter -A "$CHAIN" -d "$SUBNET" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+    iptables -t nat -A "$CHAIN" -s "$SUBNET" ! -d "$SUBNET" -j MASQUERADE
     iptables -t filter -C FORWARD -j "$CHAIN" 2>/dev/null || iptables -t filter -I FORWARD 1 -j "$CHAIN"
     iptables -t nat -C POSTROUTING -j "$CHAIN" 2>/dev/null || iptables -t nat -I POSTROUTING 1 -j "$CHAIN"
 }

@@ -14,8 +14,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from . import log
+from .engine import image_id
 from .errors import StepFailed, UserError
-from .images import image_id
 
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))

@@ -76,10 +76,23 @@ def image_store(client) -> str:
     return CONTAINERD if "containerd.snapshotter" in status.get("driver-type", "") else CLASSIC
 
 
+def image_id(client, reference: str) -> str | None:
+    """The local ID of `reference` (a tag or an ID), or None when it is not here."""
+    from docker.errors import NotFound  # Podman's 404 is not always an ImageNotFound
+
+    try:
+        return client.images.get(reference).id
+    except NotFound:
+        return None
+
+
 def engine_id(client) -> str:
-    """The engine's own ID (Docker's daemon ID; Podman's host name and version)."""
+    """The engine's own ID: Docker's daemon ID; for Podman, whose ID is new at every
+    `info`, its host name and version."""
     info = client.info()
-    return str(info.get("ID") or f"{info.get('Name', '')}-{info.get('ServerVersion', '')}")
+    if image_store(client) == PODMAN or not info.get("ID"):
+        return f"podman-{info.get('Name', '')}-{info.get('ServerVersion', '')}"
+    return str(info["ID"])
 
 
 class LazyClient:

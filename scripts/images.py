@@ -17,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import log
+from . import debian, log
 from .backends import Backend, ancestors
 from .distribution import RegistryAPI
 from .dockerfile import parse, stage_names, stages_of
-from .engine import CONTAINERD, first_line, image_store
+from .engine import CONTAINERD, first_line, image_id, image_store
 from .errors import StepFailed, UserError
 from .provenance import (
     BACKEND_LABEL,
@@ -88,15 +88,6 @@ class BuildStream:
             log.info(f"{entry['status']} {entry.get('progress', '')}".strip())
 
 
-def image_id(client, reference: str) -> str | None:
-    from docker.errors import ImageNotFound
-
-    try:
-        return client.images.get(reference).id
-    except ImageNotFound:
-        return None
-
-
 def require_image(client, settings: Settings, backend: Backend) -> str:
     reference = settings.reference(backend)
     found = image_id(client, reference)
@@ -108,8 +99,6 @@ def require_image(client, settings: Settings, backend: Backend) -> str:
 def external_image(client, backend: Backend) -> str:
     """Local ID of the image the root backend builds FROM: here, pulled, or bootstrapped."""
     from docker.errors import APIError
-
-    from . import debian
 
     reference = backend.base_image
     found = image_id(client, reference)
@@ -460,16 +449,16 @@ def untag(client, reference: str) -> None:
     `Parent` the classic builder records, and removed only while no other
     image has them as parent and no tag names them.
     """
-    from docker.errors import ImageNotFound
+    from docker.errors import NotFound
 
     if image_store(client) != CONTAINERD:
-        with contextlib.suppress(ImageNotFound):
+        with contextlib.suppress(NotFound):  # Podman's 404 is not an ImageNotFound
             client.api.remove_image(reference, force=True)
         return
     try:
         removed = client.api.inspect_image(reference)
         client.api.remove_image(reference, force=True, noprune=True)
-    except ImageNotFound:
+    except NotFound:
         return
     if image_id(client, removed["Id"]) is not None:
         return  # another tag still names it: its parents are in use
@@ -483,7 +472,7 @@ def untag(client, reference: str) -> None:
         try:
             grandparent = client.api.inspect_image(parent).get("Parent") or ""
             client.api.remove_image(parent, noprune=True)
-        except ImageNotFound:
+        except NotFound:
             return
         children[grandparent] -= 1
         parent = grandparent
@@ -504,13 +493,17 @@ def save_archive(client, reference: str, path: str) -> None:
 def load_archive(client, path: str, expected: str) -> None:
     """`docker load` a tar written by save_archive; it must restore `expected`."""
     from docker.errors import DockerException
+    from requests.exceptions import RequestException
 
     try:
-        with open(path, "rb") as archive:
-            loaded = client.images.load(archive)
+        archive = open(path, "rb")  # noqa: SIM115 - closed below, errors apart from the engine's
     except OSError as error:
         raise UserError(f"cannot read image archive {path}: {error.strerror}") from None
-    except DockerException as error:
+    try:
+        with archive:
+            loaded = client.images.load(archive)
+    except (DockerException, RequestException) as error:
+        # Docker says what is wrong; Podman drops the connection on garbage.
         raise UserError(
             f"{path} is not an image archive (docker load: {first_line(error)}); "
             "write one with `nox -s build -- BACKEND --save FILE`"

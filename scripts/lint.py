@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .project import CI_DIR, ROOT, WORKFLOW_DIR
+from .project import CI_DIR, ROOT, STAND_INS, WORKFLOW_DIR
 
 
 def shell_scripts() -> list[str]:
-    """Every tracked-looking shell script: *.sh, .ci/run, bash/sh shebangs."""
-    found = {ROOT / ".ci" / "run"}
+    """Every tracked-looking shell script: .ci/run and .ci/*.sh, ci/'s *.sh and shebangs."""
+    found = {ROOT / ".ci" / "run", *(ROOT / ".ci").glob("*.sh")}
     for path in CI_DIR.rglob("*"):
         if not path.is_file() or "conformance" in path.parts:
             continue
@@ -30,6 +30,10 @@ def run_linters(session) -> None:
     session.run("hadolint", *dockerfiles)
     session.run("shellcheck", *shell_scripts())
     workflows = sorted(str(p.relative_to(ROOT)) for p in WORKFLOW_DIR.glob("*.y*ml"))
+    actions = sorted(str(p.relative_to(ROOT)) for p in STAND_INS.glob("*/action.yml"))
     if workflows:
         session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
-        session.run("zizmor", "--offline", *workflows)
+    if actions:
+        session.run("check-jsonschema", "--builtin-schema", "vendor.github-actions", *actions)
+    if workflows or actions:
+        session.run("zizmor", "--offline", *workflows, *actions)

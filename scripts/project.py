@@ -7,3 +7,4 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CI_DIR = ROOT / "ci"
 WORKFLOW_DIR = ROOT / ".github" / "workflows"
+STAND_INS = ROOT / ".github" / "stand-ins"  # our actions for local runs (scripts/workflows.py)

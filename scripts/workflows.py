@@ -43,10 +43,9 @@ from .cli import OneLineParser
 from .engine import connect
 from .errors import StepFailed, UserError
 from .local_registry import LocalRegistry, free_port
-from .project import ROOT
+from .project import ROOT, STAND_INS
 
-WORKFLOW_DIR = Path(".github") / "workflows"
-STAND_INS = ROOT / ".github" / "stand-ins"
+WORKFLOW_DIR = Path(".github") / "workflows"  # in the checkout being run
 PLATFORM = "ubuntu-24.04=-self-hosted"
 NO_COMMIT = "0" * 40
 USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<action>[\w.-]+/[\w.-]+)@(?P<ref>\S+)", re.M)

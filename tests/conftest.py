@@ -42,6 +42,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.docker)
 
 
+@pytest.fixture(autouse=True)
+def secrets_of_this_test_only():
+    """What a test masks (tokens, forwarded passwords) is not masked in the next one."""
+    from scripts import log
+
+    before = set(log._secrets)
+    yield
+    log._secrets.intersection_update(before)
+
+
 @pytest.fixture(scope="session")
 def engine():
     """A docker client of the engine on this machine."""

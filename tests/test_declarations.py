@@ -333,10 +333,6 @@ def load_error(ci: Path) -> str:
     return message
 
 
-def test_declaration_error_is_a_user_error():
-    assert issubclass(DeclarationError, UserError)
-
-
 CHECK = '[[ready.checks]]\nname = "x"\n'
 MALFORMED = {
     "no-description": ('image = "img"\nfrom = "d"\n', "'description' (a string) is required"),
