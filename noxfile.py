@@ -19,10 +19,10 @@ import nox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scripts.backends import IMAGE, load_all, root_of
-from scripts.cli import OneLineParser
+from scripts.backends import IMAGE, load_all
+from scripts.cli import PROJECT, run
 from scripts.errors import UserError
-from scripts.steps import STEPS, run
+from scripts.steps import STEPS
 
 nox.needs_version = ">=2025.2.9"
 
@@ -65,9 +65,10 @@ def _step_session(step, backend: str | None):
 
 
 # One session per step and backend (build-slurm), and one per step that takes
-# backends after -- (build -- slurm pbs); the step registry is the table.
+# backends after -- (build -- slurm pbs) or none (bootstrap-debian, plan); the
+# step registry is the table.
 for _step in STEPS.values():
-    for _backend in BACKENDS.values():
+    for _backend in BACKENDS.values() if _step.scope != PROJECT else ():
         if _step.scope == IMAGE or _backend.runs_services:
             nox.session(
                 _step_session(_step, _backend.name),
@@ -77,50 +78,6 @@ for _step in STEPS.values():
                 default=False,
             )
     nox.session(_step_session(_step, None), name=_step.name, python=False, default=False)
-
-# The external image the image family starts from (ci/base/backend.toml `from`).
-DEBIAN_IMAGE = root_of(BACKENDS, next(iter(BACKENDS))).base_image
-
-
-@nox.session(name="bootstrap-debian", python=False, default=False)
-def bootstrap_debian(session: nox.Session) -> None:
-    """Create the Debian base image locally with debootstrap (no registry needed).
-
-    Options after --: --image REF (default: ci/base's `from`), --suite SUITE
-    (default: from the tag), --mirror URL (default: the host's apt source), --force.
-    """
-    from scripts.debian import bootstrap
-    from scripts.engine import connect
-
-    parser = OneLineParser(prog="nox -s bootstrap-debian --", allow_abbrev=False)
-    parser.add_argument("--image", default=DEBIAN_IMAGE)
-    parser.add_argument("--suite")
-    parser.add_argument("--mirror", help="Debian archive URL (default: the host's apt source)")
-    parser.add_argument("--force", action="store_true")
-    try:
-        args = parser.parse_args(session.posargs)
-        bootstrap(
-            connect(), reference=args.image, suite=args.suite, mirror=args.mirror, force=args.force
-        )
-    except UserError as error:
-        session.error(str(error))
-
-
-@nox.session(python=False, default=False)
-def plan(session: nox.Session) -> None:
-    """Print what a workflow run builds, tests and publishes, for $GITHUB_OUTPUT.
-
-    KEY=VALUE lines: date, images, backends, advisory (see scripts/plan.py).
-    DASK_GATEWAY_CI_BACKENDS=slurm narrows it to those backends and their parents.
-    """
-    from scripts.plan import plan as make_plan
-    from scripts.plan import render
-
-    try:
-        print(render(make_plan(BACKENDS)), end="", flush=True)
-    except UserError as error:
-        session.error(str(error))
-
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 

@@ -1,27 +1,23 @@
-"""The steps behind the nox sessions: one registry, one function per verb.
+"""The steps behind the nox sessions, one function per verb, in the README's order.
 
-Each step is registered with `@step(...)`: its name, the line `nox -l`
+Each is registered with `@step(...)` (cli.py): its name, the line `nox -l`
 shows, whether it applies to every image or only to backends that run
-services, and its options. The noxfile makes the sessions from STEPS.
-Anything the user can fix is raised as UserError, which the noxfile turns
-into one line.
+services, and its options. A step body reads top-down as the README's step
+table describes it; commands inside a container are commands.py's, the
+container itself containers.py's. Anything the user can fix is raised as
+UserError, which the noxfile turns into one line.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import containers, log, ports, publish, signals, state, summary
-from .backends import IMAGE, SERVICES, Backend, ancestors, load_all, select
-from .cli import OneLineParser
-from .engine import LazyClient, engine_errors, first_line
+from . import commands, containers, debian, log, plan, ports, publish, signals, state, summary
+from .backends import IMAGE, SERVICES, Backend, ancestors, root_of
+from .cli import PROJECT, STEPS, Context, option, step
+from .engine import first_line
 from .errors import StepFailed, UserError
 from .images import (
     build_with_parents,
@@ -31,85 +27,11 @@ from .images import (
     require_image,
     save_archive,
 )
-from .pytest_report import idle_modules
-from .settings import LATEST, Settings, load_settings
+from .settings import LATEST
+
+__all__ = ["STEPS"]  # every step, registered as this module is imported
 
 SOURCE_VARIABLE = "DASK_GATEWAY_SOURCE"
-
-
-@dataclass
-class Context:
-    """What one session run knows: the declarations, settings, options, engine."""
-
-    backends: dict[str, Backend]
-    settings: Settings
-    options: argparse.Namespace
-    extra: list[str] = field(default_factory=list)
-    built: dict[str, str] = field(default_factory=dict)
-    client: object = field(default_factory=LazyClient)
-    dated_tag: str = ""  # tag-dated: the one tag of this run, chosen in its prepare
-    invoked_from: Path = field(default_factory=Path.cwd)
-
-
-@dataclass(frozen=True)
-class Option:
-    flags: tuple[str, ...]
-    settings: dict
-
-
-def option(*flags: str, **settings) -> Option:
-    return Option(flags, settings)
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    summary: str  # "{backend}" stands for the backend's name
-    scope: str  # IMAGE: every backend; SERVICES: backends that run services
-    function: Callable[[Context, Backend], None]
-    options: tuple[Option, ...] = ()
-    # Arguments it does not know go to the backend's test command (pytest).
-    passthrough: bool = False
-    # Runs once before the backends, with all of them: may narrow the selection.
-    prepare: Callable[[Context, list[Backend]], list[Backend]] | None = None
-
-    def describe(self, backend: str | None) -> str:
-        if backend is not None:
-            return self.summary.format(backend=backend) + "."
-        return self.summary.format(backend="BACKEND") + f"; nox -s {self.name} -- BACKEND..."
-
-    def parser(self) -> argparse.ArgumentParser:
-        parser = OneLineParser(prog=f"nox -s {self.name} --", add_help=False, allow_abbrev=False)
-        for item in self.options:
-            parser.add_argument(*item.flags, **item.settings)
-        return parser
-
-    def parse(self, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
-        if self.passthrough:
-            return self.parser().parse_known_args(args)
-        return self.parser().parse_args(args), []
-
-
-STEPS: dict[str, Step] = {}
-
-
-def step(
-    name: str,
-    summary: str,
-    *,
-    scope: str,
-    options=(),
-    passthrough: bool = False,
-    prepare: Callable[[Context, list[Backend]], list[Backend]] | None = None,
-):
-    """Register the decorated function as the step `name` (listing order = definition order)."""
-
-    def register(function: Callable[[Context, Backend], None]):
-        STEPS[name] = Step(name, summary, scope, function, tuple(options), passthrough, prepare)
-        return function
-
-    return register
-
 
 SOURCE_OPTION = option("--source", help=f"dask-gateway checkout (default ${SOURCE_VARIABLE})")
 PORTS_OPTION = option(
@@ -386,7 +308,7 @@ def start(ctx: Context, backend: Backend) -> None:
     except KeyboardInterrupt as interrupt:
         raise UserError(f"{signals.describe(interrupt)}: {name} was not started") from None
     try:
-        _wait_ready_or_show_logs(container, backend)
+        commands.wait_ready_or_show_logs(container, backend)
     except StepFailed as error:
         if ctx.options.keep:
             raise StepFailed(
@@ -422,7 +344,7 @@ def _use_running(container, backend: Backend, source: Path | None) -> None:
             f"`nox -s stop -- {backend.name}` and start it again"
         )
     log.info(f"{container.name} is already running" + (f" with {mounted}" if mounted else ""))
-    _wait_ready_or_show_logs(container, backend)
+    commands.wait_ready_or_show_logs(container, backend)
 
 
 @step(
@@ -437,7 +359,7 @@ def install(ctx: Context, backend: Backend) -> None:
     else:
         commands, workdir = backend.install_conformance, "/"
     for command in commands:
-        _run_in(container, backend, command, user="root", workdir=workdir, step="install")
+        commands.run_in(container, backend, command, user="root", workdir=workdir, step="install")
 
 
 @step(
@@ -450,7 +372,7 @@ def test(ctx: Context, backend: Backend) -> None:
     container = containers.require_running(ctx.client, backend)
     if containers.mounted_source(container):
         for command in backend.test_source:
-            _run_tests(container, backend, (*command, *ctx.extra))
+            commands.run_tests(container, backend, (*command, *ctx.extra))
         return
     probe = containers.execute(container, ("python", "-m", "pytest", "--version"), user="dask")
     if probe.exit_code != 0:
@@ -465,7 +387,7 @@ def test(ctx: Context, backend: Backend) -> None:
             containers.copy_tree(container, owner.conformance_dir, destination)
             folders.append(destination)
     command = ("python", "-m", "pytest", "-v", "-p", "no:cacheprovider", *folders, *ctx.extra)
-    _run_in(
+    commands.run_in(
         container,
         backend,
         command,
@@ -526,68 +448,6 @@ def cycle(ctx: Context, backend: Backend) -> None:
 # -- helpers -------------------------------------------------------------------
 
 
-def _wait_ready_or_show_logs(container, backend: Backend) -> None:
-    try:
-        containers.wait_ready(container, backend)
-    except StepFailed:
-        containers.print_logs(container, backend)
-        raise
-
-
-def _run_in(container, backend, command, *, user, workdir, step, environment=None) -> int:
-    log.info(f"[{backend.name}] {user}@{workdir}$ {shlex.join(command)}")
-    try:
-        result = containers.execute(
-            container, command, user=user, workdir=workdir, environment=environment, stream=True
-        )
-    except KeyboardInterrupt:
-        raise UserError(
-            f"interrupted: stopped `{shlex.join(command)}` in the {backend.name} container"
-        ) from None
-    if result.exit_code == 0:
-        return 0
-    # Killed by a signal? The engine may need a moment to report the container gone.
-    if not containers.is_running(container, settle=result.exit_code < 0 or result.exit_code > 128):
-        raise StepFailed(
-            f"the {backend.name} container stopped during {step} (exit code "
-            f"{containers.exit_code(container)}); see `nox -s print-logs -- {backend.name}`, "
-            f"clean up with `nox -s stop -- {backend.name}`"
-        )
-    raise StepFailed(f"{step} failed: `{shlex.join(command)}` exited with code {result.exit_code}")
-
-
-def _run_tests(container, backend: Backend, command: tuple[str, ...]) -> None:
-    """The backend's tests; with `must_run`, a module that executed no test is a failure."""
-    if not backend.must_run:
-        _run_in(
-            container, backend, command, user="dask", workdir=containers.SOURCE_MOUNT, step="test"
-        )
-        return
-    report = f"/tmp/dask-gateway-ci-junit-{uuid.uuid4().hex[:12]}.xml"
-    try:
-        _run_in(
-            container,
-            backend,
-            (*command, f"--junitxml={report}"),
-            user="dask",
-            workdir=containers.SOURCE_MOUNT,
-            step="test",
-        )
-        failure = None
-    except StepFailed as error:
-        failure = error
-    text = containers.read_file(container, report)
-    containers.execute(container, ["rm", "-f", report])
-    idle = idle_modules(text.decode(errors="replace"), backend.must_run) if text else []
-    if idle:
-        raise StepFailed(
-            f"test tested nothing of {backend.name}: {'; '.join(idle)}"
-            + (f" ({failure})" if failure else "")
-        )
-    if failure is not None:
-        raise failure
-
-
 def _key_value(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -614,53 +474,31 @@ def _source_dir(option: str | None, invoked_from: Path) -> Path | None:
     return path
 
 
-def split_posargs(step: Step, posargs: list[str], fixed: str | None) -> tuple[list[str], list[str]]:
-    """Backend names first, then the step's own options (and pytest's, where it passes them)."""
-    if fixed is not None:
-        return [fixed], list(posargs)
-    names: list[str] = []
-    rest = list(posargs)
-    while rest and not rest[0].startswith("-"):
-        names.append(rest.pop(0))
-        if step.passthrough:  # what follows the backend may be pytest's
-            break
-    return names, rest
+# -- project steps: no backend -------------------------------------------------
 
 
-def run(
-    name: str, posargs: list[str], fixed: str | None = None, invoked_from: Path | None = None
-) -> None:
-    """Entry point of every step session.
-
-    `invoked_from` is where the user ran nox (nox changes into the noxfile's
-    folder first): relative paths in options are taken from there.
-    """
-    step_ = STEPS[name]
-    backends = load_all()
-    names, rest = split_posargs(step_, posargs, fixed)
-    selected = select(backends, names, name, step_.scope)
-    options, extra = step_.parse(rest)
-    ctx = Context(
-        backends=backends,
-        settings=load_settings(),
-        options=options,
-        extra=extra,
-        invoked_from=invoked_from or Path.cwd(),
-    )
-    with signals.interruptible():
-        if step_.prepare is not None:
-            selected = _guarded(name, None, lambda: step_.prepare(ctx, selected))
-        for backend in selected:
-            _guarded(name, backend, lambda b=backend: step_.function(ctx, b))
+@step(
+    "bootstrap-debian",
+    "Create the Debian base image locally with debootstrap (no registry needed)",
+    scope=PROJECT,
+    options=(
+        option("--image", help="the reference to create (default: ci/base's `from`)"),
+        option("--suite", help="the Debian release (default: from the tag)"),
+        option("--mirror", help="Debian archive URL (default: the host's apt source)"),
+        option("--force", action="store_true", help="create it again when it exists"),
+    ),
+)
+def bootstrap_debian(ctx: Context, _backend: None) -> None:
+    o = ctx.options
+    image = o.image or root_of(ctx.backends, next(iter(ctx.backends))).base_image
+    debian.bootstrap(ctx.client, reference=image, suite=o.suite, mirror=o.mirror, force=o.force)
 
 
-def _guarded(name: str, backend: Backend | None, call: Callable):
-    """Run one part of a step: engine errors, interrupts and OS errors as one line."""
-    doing = f"{name} {backend.name}" if backend else name
-    try:
-        with engine_errors(doing, backend.name if backend else None):
-            return call()
-    except KeyboardInterrupt as interrupt:
-        raise UserError(f"{doing}: {signals.describe(interrupt)}") from None
-    except OSError as error:
-        raise UserError(f"{doing}: {error}") from None
+@step(
+    "plan",
+    "Print what a workflow run builds, tests and publishes, as KEY=VALUE lines for "
+    "$GITHUB_OUTPUT (DASK_GATEWAY_CI_BACKENDS narrows it)",
+    scope=PROJECT,
+)
+def plan_run(ctx: Context, _backend: None) -> None:
+    print(plan.render(plan.plan(ctx.backends)), end="", flush=True)

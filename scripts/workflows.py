@@ -395,7 +395,7 @@ def run(options: Options) -> list[StepResult]:
         for line in said:
             log.info(f"  {line}")
         engine = connect()
-        before = {image.id for image in engine.images.list(all=True)}
+        before = {image.id for image in engine.images.list(filters={"dangling": True})}
         try:
             results, code, errors = _follow(command, options.repository, log_path)
         finally:
@@ -473,9 +473,10 @@ def _follow(command: list[str], cwd: Path, log_path: Path) -> tuple[list[StepRes
 def _tidy(engine, before: set[str], registry: str | None) -> None:
     """What a GitHub runner would throw away with its VM, the jobs here leave on the engine.
 
-    Images of ours the run left untagged (a tag moved to a pulled image)
-    go; with the registry this run started (and stopped), so do the tags
-    naming it. Build cache stays (see images.untag).
+    Images of ours the run left untagged (a tag moved to a pulled or newer
+    image) go; with the registry this run started (and stopped), so do the
+    tags naming it. `before`: the untagged images before the run. Build cache
+    stays (see images.untag).
     """
     from .images import untag
     from .provenance import BACKEND_LABEL

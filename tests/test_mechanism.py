@@ -10,6 +10,7 @@ import pytest
 
 from scripts import (
     backends,
+    cli,
     containers,
     engine,
     images,
@@ -42,7 +43,7 @@ SERVICES = [name for name, backend in ALL.items() if backend.runs_services]
     ],
 )
 def test_split_posargs(step, posargs, fixed, names, rest):
-    assert steps.split_posargs(steps.STEPS[step], posargs, fixed) == (names, rest)
+    assert cli.split_posargs(steps.STEPS[step], posargs, fixed) == (names, rest)
 
 
 def test_bad_option_is_one_line_not_a_usage_dump():
@@ -91,9 +92,13 @@ def test_step_registry_is_the_one_table():
     documented = ["build", "verify", "push", "tag-dated", "start", "install", "test"]
     documented += ["print-logs", "stop", "cycle"]
     assert list(steps.STEPS)[: len(documented)] == documented
+    # Every session that is not the project's own (lint, tests, workflows) is a step.
+    assert list(steps.STEPS)[len(documented) :] == ["bootstrap-debian", "plan"]
     for step in steps.STEPS.values():
-        assert step.scope in (backends.IMAGE, backends.SERVICES)
-        assert "\n" not in step.describe("slurm") and step.describe(None).endswith("BACKEND...")
+        assert step.scope in (backends.IMAGE, backends.SERVICES, cli.PROJECT)
+        takes = step.scope != cli.PROJECT
+        assert "\n" not in step.describe("slurm")
+        assert step.describe(None).endswith("BACKEND...") == takes
     image_steps = {s.name for s in steps.STEPS.values() if s.scope == backends.IMAGE}
     assert {"build", "verify", "push", "tag-dated"} <= image_steps
     assert ALL["base"].kind == backends.IMAGE and not ALL["base"].runs_services
