@@ -355,10 +355,10 @@ def _use_running(container, backend: Backend, source: Path | None) -> None:
 def install(ctx: Context, backend: Backend) -> None:
     container = containers.require_running(ctx.client, backend)
     if containers.mounted_source(container):
-        commands, workdir = backend.install_source, containers.SOURCE_MOUNT
+        to_run, workdir = backend.install_source, containers.SOURCE_MOUNT
     else:
-        commands, workdir = backend.install_conformance, "/"
-    for command in commands:
+        to_run, workdir = backend.install_conformance, "/"
+    for command in to_run:
         commands.run_in(container, backend, command, user="root", workdir=workdir, step="install")
 
 
