@@ -6,7 +6,9 @@ import re
 
 import pytest
 
+from scripts import backends
 from scripts.backends import IMAGE, load_all
+from scripts.cli import PROJECT
 from scripts.images import untag
 from scripts.provenance import LABEL_PREFIX
 from scripts.settings import load_settings
@@ -17,7 +19,8 @@ ALL = load_all()
 BACKENDS = tuple(ALL)
 SERVICES = tuple(name for name, backend in ALL.items() if backend.runs_services)
 IMAGE_STEPS = tuple(name for name, step in STEPS.items() if step.scope == IMAGE)
-CONTAINER_STEPS = tuple(name for name, step in STEPS.items() if step.scope != IMAGE)
+CONTAINER_STEPS = tuple(n for n, step in STEPS.items() if step.scope == backends.SERVICES)
+PROJECT_STEPS = tuple(name for name, step in STEPS.items() if step.scope == PROJECT)
 
 
 @pytest.fixture
@@ -42,8 +45,10 @@ def test_every_step_and_backend_is_listed_with_a_description(env):
     expected |= {f"{s}-{b}" for s in CONTAINER_STEPS for b in SERVICES}
     assert len(expected) == len(IMAGE_STEPS) * len(BACKENDS) + len(CONTAINER_STEPS) * len(SERVICES)
     assert expected <= set(sessions)
-    assert {*IMAGE_STEPS, *CONTAINER_STEPS} <= set(sessions)
+    assert {*IMAGE_STEPS, *CONTAINER_STEPS, *PROJECT_STEPS} <= set(sessions)
     assert not {f"{s}-base" for s in CONTAINER_STEPS} & set(sessions)
+    # A project step takes no backend: it has no backend's session.
+    assert not {f"{s}-{b}" for s in PROJECT_STEPS for b in BACKENDS} & set(sessions)
     assert all(description.strip() for description in sessions.values())
 
 
