@@ -80,6 +80,11 @@ def arg_defaults(items: list[Instruction]) -> dict[str, str | None]:
     return found
 
 
+def declared_args(dockerfile: Path) -> set[str]:
+    """Every ARG name the Dockerfile declares, in any stage."""
+    return {name for items in stages(dockerfile).values() for name in arg_defaults(items)}
+
+
 def all_arg_defaults(dockerfile: Path) -> dict[str, str]:
     """Every ARG with a default, from any stage, with ${OTHER} references expanded."""
     found: dict[str, str] = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import debian, log
 from .backends import Backend, ancestors
 from .distribution import RegistryAPI
-from .dockerfile import parse, stage_names, stages_of
+from .dockerfile import declared_args, parse, stage_names, stages_of
 from .engine import CONTAINERD, first_line, image_id, image_store
 from .errors import StepFailed, UserError
 from .provenance import (
@@ -43,6 +43,12 @@ BUILDER_CHATTER = re.compile(
     r"^\s*(-{2,3}> |Removing intermediate container|COMMIT |Successfully (built|tagged) |\+ )"
 )
 PARENT_ARG = "BASE_IMAGE"
+# The local ID of the external image the family starts from (ci/base's `from`),
+# for a Dockerfile that declares it: a stage that needs nothing of the parent
+# (pbs compiles OpenPBS) builds FROM it, so a change to the parent does not
+# rebuild that stage.
+ROOT_ARG = "DEBIAN_IMAGE"
+SET_BY_THE_BUILD = (PARENT_ARG, ROOT_ARG)
 REVISION_LABEL = f"{LABEL_PREFIX}.revision"
 
 
@@ -218,10 +224,16 @@ def build_one(
     target: str | None = None,
     network_mode: str | None = None,
     nocache: bool = False,
+    root_id: str | None = None,
 ) -> str:
-    """Build one image from ci/<backend>/ on `parent_id` and return its ID."""
-    # The exact local image, by ID: a registry is never asked for it.
+    """Build one image from ci/<backend>/ on `parent_id` and return its ID.
+
+    `root_id` is passed as ROOT_ARG when the Dockerfile declares it.
+    """
+    # The exact local images, by ID: a registry is never asked for them.
     args = {**backend.build_args, **(build_args or {}), PARENT_ARG: parent_id}
+    if root_id is not None and ROOT_ARG in declared_args(backend.dockerfile):
+        args[ROOT_ARG] = root_id
     reference = settings.reference(backend)
     what = f"{reference}" + (f" (target {target})" if target else "")
     with log.group(f"build {what}"):
@@ -255,12 +267,13 @@ def check_build_options(
     backend: Backend, *, build_args: dict[str, str], target: str | None, save: str | None
 ) -> None:
     """What can be wrong with a build's options, found before minutes of building."""
-    if PARENT_ARG in build_args:
-        raise UserError(
-            f"--build-arg {PARENT_ARG} is set by the build itself (the parent's local image "
-            f"ID); to build on another image change 'from' or 'parent' in "
-            f"{backend.folder / 'backend.toml'}"
-        )
+    for name in SET_BY_THE_BUILD:
+        if name in build_args:
+            raise UserError(
+                f"--build-arg {name} is set by the build itself (a local image ID: the "
+                f"parent's, or that of the family's external image); to build on another "
+                f"image change 'from' or 'parent' in {backend.folder / 'backend.toml'}"
+            )
     if target is not None:
         names = stage_names(backend.dockerfile)
         if target not in names:
@@ -425,12 +438,18 @@ def build_with_parents(
             if mine
             else {k: options[k] for k in ("network_mode", "nocache") if k in options}
         )
+        root = chain[0]
         parent_id = build_one(
             client,
             settings,
             item,
             parent_id=parent_id or external_image(client, item),
             parent_folders=folders[:index],
+            root_id=(
+                external_image(client, root)
+                if item is not root and ROOT_ARG in declared_args(item.dockerfile)
+                else None
+            ),
             **how,
         )
         if not (mine and options.get("target")):

@@ -227,13 +227,20 @@ def test_dockerfile_sets_the_contract_environment(name):
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_dockerfile_builds_from_the_base_image_argument(name):
+    """Every stage starts from the parent (BASE_IMAGE), the family's external image
+    (DEBIAN_IMAGE, defaulting to the parent), or another stage; the image from BASE_IMAGE."""
     found = stages(CI / name / "Dockerfile")
-    assert "BASE_IMAGE" in arg_defaults(found[""])
+    defaults = arg_defaults(found[""])
+    assert "BASE_IMAGE" in defaults
+    if "DEBIAN_IMAGE" in defaults:  # never a registry's image, whatever the tooling passes
+        assert defaults["DEBIAN_IMAGE"] == "${BASE_IMAGE}"
     local = set(found) - {""}
     for stage, items in found.items():
         if stage:
             image = items[0].value.split()[0]
-            assert image == "${BASE_IMAGE}" or image in local, (stage, image)
+            assert image in ("${BASE_IMAGE}", "${DEBIAN_IMAGE}") or image in local, (stage, image)
+    last = list(found.values())[-1][0].value.split()[0]
+    assert last == "${BASE_IMAGE}" or last in local
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -330,6 +330,22 @@ def test_build_passes_the_parent_by_id_and_never_pulls():
     assert keys == sorted(keys) and len(keys) == 8
 
 
+def test_the_family_root_is_passed_only_where_declared():
+    """pbs compiles OpenPBS FROM the Debian image (DEBIAN_IMAGE), not FROM base."""
+    for name, passed in (("pbs", True), ("slurm", False)):
+        client = _FakeClient([{"aux": {"ID": "sha256:child"}}])
+        images.build_one(
+            client, settings.Settings(), ALL[name], parent_id="sha256:base", root_id="sha256:deb"
+        )
+        args = client.api.kwargs["buildargs"]
+        assert ("DEBIAN_IMAGE" in args) == passed, name
+        assert args.get("DEBIAN_IMAGE", "sha256:deb") == "sha256:deb"
+    with pytest.raises(UserError, match="--build-arg DEBIAN_IMAGE is set by the build itself"):
+        images.check_build_options(
+            ALL["pbs"], build_args={"DEBIAN_IMAGE": "x"}, target=None, save=None
+        )
+
+
 def test_build_context_takes_the_umask_out(tmp_path):
     """A checkout made under umask 002 gives the same context as one under 022."""
     (tmp_path / "files" / "etc").mkdir(parents=True)
