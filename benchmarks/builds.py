@@ -1,6 +1,8 @@
 """How long builds take: cold, unchanged, and after a configuration edit.
 
-    python benchmarks/builds.py [--cold] [BACKEND]      (default: slurm)
+    python benchmarks/builds.py [--cold] [--edit FILE] [--build-arg K=V]... [BACKEND]
+    python benchmarks/builds.py pbs --edit ci/base/files/etc/sudoers.d/preserve-path \
+        --build-arg OPENPBS_URL=http://127.0.0.1:18999/openpbs-23.06.06.tar.gz
 
 - unchanged: `nox -s build-<backend>` again with nothing changed (all cache).
 - config edit: the same, in a copy of the checkout where one configuration
@@ -28,7 +30,7 @@ from common import ROOT, nox, table
 CACHED = re.compile(r"^built \S+: \S+ \((\d+)/(\d+) steps from cache\)", re.M)
 
 
-def in_copy(backend: str, edit: str) -> tuple[float, str]:
+def in_copy(backend: str, edit: str, options: list[str]) -> tuple[float, str]:
     """Build in a copy of the checkout with one comment added to a config file."""
     with tempfile.TemporaryDirectory(prefix="bench-build-") as folder:
         copy = Path(folder) / "checkout"
@@ -37,7 +39,7 @@ def in_copy(backend: str, edit: str) -> tuple[float, str]:
         config.write_text(config.read_text() + "\n# benchmark edit\n")
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "nox", "-s", f"build-{backend}"],
+            [sys.executable, "-m", "nox", "-s", f"build-{backend}", "--", *options],
             cwd=copy,
             env={**os.environ, "NOX_SCRIPT_MODE": "none"},
             stdout=subprocess.PIPE,
@@ -59,16 +61,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true")
     parser.add_argument("--edit", default="ci/slurm/files/etc/slurm/slurm.conf")
+    parser.add_argument(
+        "--build-arg", action="append", default=[], help="passed to build (pbs: OPENPBS_URL)"
+    )
     parser.add_argument("backend", nargs="?", default="slurm")
     args = parser.parse_args()
+    # --network host: a download served on the host's loopback is reachable.
+    options = ["--network", "host", *(f"--build-arg={item}" for item in args.build_arg)]
     rows = []
     if args.cold:
-        seconds, output = nox("-s", f"build-{args.backend}", "--", "--no-cache")
+        seconds, output = nox("-s", f"build-{args.backend}", "--", "--no-cache", *options)
         rows.append((f"cold (--no-cache), base + {args.backend}", seconds, steps(output)))
-    nox("-s", f"build-{args.backend}")  # make sure the cache is warm
-    seconds, output = nox("-s", f"build-{args.backend}")
+    nox("-s", f"build-{args.backend}", "--", *options)  # make sure the cache is warm
+    seconds, output = nox("-s", f"build-{args.backend}", "--", *options)
     rows.append(("unchanged rebuild", seconds, steps(output)))
-    seconds, note = in_copy(args.backend, args.edit)
+    seconds, note = in_copy(args.backend, args.edit, options)
     rows.append(("config edit rebuild", seconds, note))
     table("Build times (seconds, wall clock)", ("measured", "seconds", "layers"), rows)
 
