@@ -202,10 +202,11 @@ def push(ctx: Context, backend: Backend) -> None:
 def _prepare_tag_dated(ctx: Context, selected: list[Backend]) -> list[Backend]:
     """One dated tag for every image of the run, chosen before any is pushed."""
     o = ctx.options
-    publish.dated_candidates(o.date, o.suffix, force_date=o.force_date)  # checked first
+    # Checked before anything is loaded; a dry run names the first candidate.
+    candidates = publish.dated_candidates(o.date, o.suffix, force_date=o.force_date)
     chosen = _load_for_publishing(ctx, selected)
     if o.dry_run:
-        ctx.dated_tag = publish.dated_candidates(o.date, o.suffix, force_date=o.force_date)[0]
+        ctx.dated_tag = candidates[0]
     elif chosen:
         ctx.dated_tag = publish.dated_tag_for(
             ctx.client,
