@@ -92,6 +92,8 @@ def missing(asked: set[str] | list[str] | tuple[str, ...], status: str) -> list[
 
 # -- what an engine refused, remembered ----------------------------------------------------
 
+REMEMBERED_ENGINES = 16  # the most recently refusing engines kept, oldest dropped
+
 
 def engine_key(client) -> str:
     """This engine as it runs now: its ID, and for a local socket when it was (re)made.
@@ -142,7 +144,10 @@ def remember(client, refused_now: list[str]) -> None:
     except (OSError, ValueError):
         known = {}
     key = engine_key(client)
-    known = {key: sorted(set(known.get(key, [])) | set(refused_now))}  # other engines: stale
+    refused = sorted(set(known.pop(key, [])) | set(refused_now))
+    # Engines used side by side (DOCKER_HOST switched, several suites at once)
+    # each keep theirs; a restarted engine has a new key, so the oldest go.
+    known = dict(list(known.items())[-(REMEMBERED_ENGINES - 1) :]) | {key: refused}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")

@@ -10,6 +10,7 @@ import pytest
 
 from scripts import (
     backends,
+    capabilities,
     cli,
     containers,
     engine,
@@ -584,3 +585,19 @@ def test_slim_drops_what_debian_slim_images_exclude(tmp_path):
     assert not (tmp_path / "var/cache/apt/pkgcache.bin").exists()
     assert "path-exclude /usr/share/man/*" in (tmp_path / "etc/dpkg/dpkg.cfg.d/docker").read_text()
     assert "docker-clean" in {p.name for p in (tmp_path / "etc/apt/apt.conf.d").iterdir()}
+
+
+def test_refused_capabilities_are_remembered_per_engine_side_by_side(tmp_path, monkeypatch):
+    monkeypatch.setenv("DASK_GATEWAY_CI_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(capabilities, "engine_key", lambda client: client)
+    capabilities.remember("docker-20", ["SYS_RESOURCE"])
+    capabilities.remember("docker-28", ["SYS_RESOURCE", "NET_ADMIN"])
+    capabilities.remember("docker-20", ["NET_ADMIN"])
+    # Using one engine does not make the other one's refusals forgotten.
+    assert capabilities.remembered("docker-20") == {"SYS_RESOURCE", "NET_ADMIN"}
+    assert capabilities.remembered("docker-28") == {"SYS_RESOURCE", "NET_ADMIN"}
+    assert capabilities.remembered("restarted-docker-20") == set()
+    for n in range(capabilities.REMEMBERED_ENGINES):
+        capabilities.remember(f"engine-{n}", ["SYS_RESOURCE"])
+    assert capabilities.remembered("docker-20") == set()  # the oldest went
+    assert capabilities.remembered(f"engine-{n}") == {"SYS_RESOURCE"}
