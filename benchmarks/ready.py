@@ -10,6 +10,11 @@ For each backend whose image is here (`nox -s build-<backend>`), per round:
   `srun` sent before slurmctld listens waits out its own retries.)
 - start: `nox -s start -- <backend>` until it returns (nox, our readiness
   checks and their polling included), then one job, which must run at once.
+- lag: `start` again, watched from outside: the declared checks run every
+  0.05 s in its container as soon as it exists; the lag is from the end of
+  the first run in which they all passed to `start` returning. This is the
+  wait our polling adds, free of the 0.5-1 s by which the services' own
+  start differs between containers (which the ratios above include).
 - upstream: the method of upstream dask-gateway's start.sh, reimplemented:
   `docker run`, then `docker logs` every 1 s until its signal (slurm: five
   "entered RUNNING state" lines; pbs: "Entering sleep", then its 3 s sleep),
@@ -24,10 +29,15 @@ floor and no round above 1.5x; pbs start <= 3.5 s and <= 1.3x its floor.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
+import subprocess
+import sys
+import threading
 import time
 
-from common import median, nox, table
+from common import ROOT, median, nox, table
 
 from scripts import containers
 from scripts.backends import load_all
@@ -86,6 +96,47 @@ def ours(client, backend) -> tuple[float, bool]:
     return seconds, ran
 
 
+def lag(client, backend) -> float:
+    """Seconds from the declared checks first passing (seen from outside) to `start` returning."""
+    from docker.errors import NotFound
+
+    env = {"DASK_GATEWAY_CI_PORTS": "none"}
+    nox("-s", f"stop-{backend.name}", env=env)
+    passed_at: list[float] = []
+    returned = threading.Event()
+
+    def watch() -> None:
+        while not returned.is_set():
+            try:
+                container = client.containers.get(backend.container_name)
+                if all(passes(container, check) for check in backend.ready_checks):
+                    passed_at.append(time.monotonic())
+                    return
+            except NotFound:
+                pass
+            time.sleep(FAST_POLL)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "nox", "-s", f"start-{backend.name}"],
+            cwd=ROOT,
+            env={**os.environ, "NOX_SCRIPT_MODE": "none", **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
+        returned_at = time.monotonic()
+    finally:
+        returned.set()
+        watcher.join()
+        nox("-s", f"stop-{backend.name}", env=env)
+    if not passed_at:
+        return float("nan")  # start returned before the checks were seen to pass
+    return returned_at - passed_at[0]
+
+
 def upstream(client, backend) -> tuple[float, bool]:
     pattern, count, extra_sleep = UPSTREAM[backend.name]
     started = time.monotonic()
@@ -117,13 +168,13 @@ def main() -> None:
     args = parser.parse_args()
     client = connect()
     declared = load_all()
-    rows = []
+    rows, lag_rows = [], []
     for name in args.backends:
         backend = declared[name]
         if not client.images.list(name=load_settings().reference(backend)):
             print(f"{name}: no image here, skipped (nox -s build-{name})")
             continue
-        floors, starts, upstreams = [], [], []
+        floors, starts, upstreams, lags = [], [], [], []
         started_ok = upstream_ok = 0
         for round_number in range(args.rounds):
             floors.append(floor(client, backend))
@@ -133,9 +184,11 @@ def main() -> None:
             seconds, ran = upstream(client, backend)
             upstreams.append(seconds)
             upstream_ok += ran
+            lags.append(lag(client, backend))
             print(
                 f"{name} round {round_number + 1}: floor {floors[-1]:.2f}s, "
-                f"start {starts[-1]:.2f}s, upstream {upstreams[-1]:.2f}s",
+                f"start {starts[-1]:.2f}s, upstream {upstreams[-1]:.2f}s, "
+                f"lag {lags[-1]:.2f}s",
                 flush=True,
             )
 
@@ -154,11 +207,22 @@ def main() -> None:
                 f"no job yet in {args.rounds - upstream_ok}/{args.rounds}",
             ),
         ]
+        seen = [value for value in lags if not math.isnan(value)]
+        lag_rows.append(
+            (
+                f"{name}: start returned after the checks passed",
+                len(seen),
+                median(seen),
+                f"{min(seen):.2f}-{max(seen):.2f}" if seen else "-",
+                f"returned before they were seen to pass in {len(lags) - len(seen)}/{len(lags)}",
+            )
+        )
     table(
         "Start to ready (seconds)",
         ("measured", "runs", "median s", "min-max s", "ratio to floor", "worst round", "note"),
         rows,
     )
+    table("Lag of start (seconds)", ("measured", "runs", "median s", "min-max s", "note"), lag_rows)
 
 
 if __name__ == "__main__":

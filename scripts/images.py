@@ -34,9 +34,10 @@ from .provenance import (
 from .settings import LATEST, Settings
 from .summary import human_size
 
-# The classic builder says "Step 3/19 : RUN ...", Podman (buildah) "STEP 3/19: RUN ...";
+# The classic builder says "Step 3/19 : RUN ...", Podman (buildah) "STEP 3/19: RUN ...",
+# in a multi-stage build "[2/4] STEP 3/7: RUN ..." (stage 2 of 4);
 # a cached step is " ---> Using cache" there, "--> Using cache <id>" here.
-STEP_LINE = re.compile(r"^(?:Step \d+/\d+ : |STEP \d+/\d+: ).*")
+STEP_LINE = re.compile(r"^(?:Step \d+/\d+ : |(?:\[\d+/\d+\] )?STEP \d+/\d+: ).*")
 CACHED_LINE = re.compile(r"^\s*-{2,3}> Using cache\b")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 BUILDER_CHATTER = re.compile(

@@ -138,3 +138,7 @@ def test_build_output_of_either_builder_is_followed():
         podman.feed({"stream": line})
     assert (docker.steps, docker.cached_steps, docker.step) == (2, 1, "Step 2/3 : RUN y")
     assert (podman.steps, podman.cached_steps, podman.step) == (2, 1, "STEP 2/3: RUN y")
+    staged = BuildStream()  # a multi-stage build: each line names its stage
+    for line in ("[1/2] STEP 1/2: FROM x", "--> Using cache 0123abc", "[2/2] STEP 1/1: RUN z"):
+        staged.feed({"stream": line + "\n"})
+    assert (staged.steps, staged.cached_steps, staged.step) == (2, 1, "[2/2] STEP 1/1: RUN z")
