@@ -482,6 +482,10 @@ def stop(ctx: Context, backend: Backend) -> None:
     passthrough=True,
 )
 def cycle(ctx: Context, backend: Backend) -> None:
+    # A checkout no consumer declares (or not for this backend) fails before the engine.
+    consumer = _consumer(ctx, _source_dir(ctx.options.source, ctx.invoked_from))
+    if consumer is not None:
+        consumer.use(backend)
     existing = containers.find(ctx.client, backend.container_name)
     if existing is not None:
         raise UserError(
