@@ -1,15 +1,19 @@
 """The second consumer for real: dask-jobqueue 0.9.0's -E slurm suite, unmodified,
 through `nox -s cycle -- slurm --source DIR` on the slurm image built here.
 
-Its release sdist from PyPI (hash-pinned) ships the tests and conftest.py,
-so the suite needs no GitHub. About 1.5 minutes (start, pip install, its
-~12 slurm tests). The pbs suite runs the same way (`cycle -- pbs`); it is
-left to the images workflow, where the pbs image is built.
+CI reaches PyPI, not GitHub: the release sdist (hash-pinned) ships the
+tests, and the three files of the tag it leaves out (conftest.py, the TLS
+test's ca.pem and key.pem) are kept in tests/upstream/dask-jobqueue-0.9.0/,
+checked by their git blob IDs (its README). About 1.5 minutes (start, pip
+install, its dozen slurm tests). The pbs suite runs the same way
+(`cycle -- pbs`), in the images workflow, where the pbs image is built.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,7 +23,7 @@ import pytest
 
 from scripts import consumers
 from scripts.backends import load_all
-from tests.nox_runner import nox
+from tests.nox_runner import ROOT, nox
 from tests.registry import engine_grants
 
 pytestmark = pytest.mark.docker
@@ -30,6 +34,13 @@ SDIST_SHA256 = "494ef64b7bb3848c7d72ed334c288030caca6a09dca54cfaa3f395f4ba7f5c47
 INTERFACE_TEST = (
     "dask_jobqueue/tests/test_slurm.py::test_different_interfaces_on_scheduler_and_workers"
 )
+# What the sdist leaves out (MANIFEST.in), from the tag: here -> in the checkout, git blob.
+LEFT_OUT = {
+    "conftest.py.upstream": ("conftest.py", "330ea1523f38b47b8a2a88fd48e49f33b6a42b9e"),
+    "ca.pem": ("dask_jobqueue/tests/ca.pem", "46c112dd8b3b48296c4b7553ad44dc3216d40881"),
+    "key.pem": ("dask_jobqueue/tests/key.pem", "9c23d8d05bab7f6ae52d2d394f231b9459b876f8"),
+}
+UPSTREAM = ROOT / "tests" / "upstream" / "dask-jobqueue-0.9.0"
 SUMMARY = re.compile(r"^=+ (?P<counts>.*\d+ passed.*) in [\d.]+s", re.M)
 
 
@@ -53,7 +64,17 @@ def release_sdist(folder: Path) -> Path:
         archive.extractall(folder, filter="data")
     source = folder / "dask_jobqueue-0.9.0"
     source.chmod(0o755)
+    for stored, (path, blob) in LEFT_OUT.items():
+        content = (UPSTREAM / stored).read_bytes()
+        assert git_blob(content) == blob, f"{stored} is not the tag's {path}"
+        assert not (source / path).exists()  # the sdist does leave it out
+        shutil.copyfile(UPSTREAM / stored, source / path)
     return source
+
+
+def git_blob(content: bytes) -> str:
+    """The git blob ID of `content` (what `git hash-object` prints)."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
 def counts(output: str) -> dict[str, int]:
