@@ -13,6 +13,7 @@ from scripts.errors import DeclarationError, UserError
 
 BACKENDS = backends.load_all()
 DECLARED = consumers.load_all(BACKENDS)
+INTERFACE = "test_different_interfaces_on_scheduler_and_workers"
 GOOD = 'description = "d"\ndetect = ["pkg/__init__.py"]\n[backends.slurm]\ntest = [["pytest"]]\n'
 
 
@@ -137,3 +138,32 @@ def test_a_malformed_declaration_names_the_file_and_key(tmp_path, case):
         consumers.load_all(BACKENDS, tmp_path)
     assert str(path) in str(raised.value)
     assert expected in str(raised.value)
+
+
+def test_without_net_admin_the_interface_test_is_deselected_and_named(
+    monkeypatch, capsys, tmp_path
+):
+    """The `test` step where the engine dropped NET_ADMIN: deselected, said, not passed."""
+    source = checkout(tmp_path, "dask_jobqueue/__init__.py", "conftest.py")
+    container = SimpleNamespace(name="dask-gateway-ci-slurm")
+    ran = []
+    monkeypatch.setattr(steps.containers, "require_running", lambda client, backend: container)
+    monkeypatch.setattr(steps.containers, "mounted_source", lambda c: str(source))
+    monkeypatch.setattr(steps.containers, "consumer_of", lambda c: "dask-jobqueue")
+    monkeypatch.setattr(steps.containers, "granted", lambda c, asked: set())
+    monkeypatch.setattr(
+        steps.commands, "run_tests", lambda c, backend, use, command: ran.append(command)
+    )
+    ctx = SimpleNamespace(client=None, backends=BACKENDS, extra=["-x"])
+    steps.test(ctx, BACKENDS["slurm"])
+    (command,) = ran
+    interface = "dask_jobqueue/tests/test_slurm.py::" + INTERFACE
+    assert f"--deselect={interface}" in command
+    assert command[-1] == "-x"  # the user's arguments last
+    said = capsys.readouterr()
+    assert f"not run: {interface} (NET_ADMIN not granted" in said.out + said.err
+
+    ran.clear()
+    monkeypatch.setattr(steps.containers, "granted", lambda c, asked: set(asked))
+    steps.test(ctx, BACKENDS["slurm"])
+    assert not any(part.startswith("--deselect") for part in ran[0])
