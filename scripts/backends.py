@@ -45,8 +45,9 @@ SCHEMA = {
     "ready": {"timeout": float, "typical": float, "checks": [CHECK]},
     "smoke": [CHECK],
     "logs": {"status": ARGV, "files": [str]},
-    "install": {"source": [ARGV], "conformance": [ARGV]},
-    "test": {"source": [ARGV], "must_run": [str]},
+    # What the conformance tests need (no checkout mounted); a checkout's own
+    # install and tests are its consumer's (consumers/*.toml, scripts/consumers.py).
+    "install": {"conformance": [ARGV]},
 }
 CAPABILITY = re.compile(r"^[A-Z][A-Z_]*$")
 
@@ -146,10 +147,7 @@ class Backend:
     smoke: tuple[Check, ...] = ()
     log_status: tuple[str, ...] | None = None
     log_files: tuple[str, ...] = ()
-    install_source: tuple[tuple[str, ...], ...] = ()
     install_conformance: tuple[tuple[str, ...], ...] = ()
-    test_source: tuple[tuple[str, ...], ...] = ()
-    must_run: tuple[str, ...] = ()
 
     @property
     def runs_services(self) -> bool:
@@ -165,7 +163,7 @@ class Backend:
         return self.folder / "Dockerfile"
 
 
-def _non_empty(argv: list[str] | None, where: str) -> tuple[str, ...] | None:
+def non_empty(argv: list[str] | None, where: str) -> tuple[str, ...] | None:
     if argv is None:
         return None
     if not argv or not all(argv):
@@ -188,14 +186,14 @@ def _check(raw: dict, where: str) -> Check:
         raise DeclarationError(f"{where}.timeout: expected a number of seconds > 0")
     return Check(
         name=raw["name"],
-        command=_non_empty(raw["command"], f"{where}.command"),
+        command=non_empty(raw["command"], f"{where}.command"),
         user=raw.get("user", "root"),
         expect=expect,
         timeout=timeout,
     )
 
 
-def _capabilities(names: list[str], where: str) -> tuple[str, ...]:
+def capability_names(names: list[str], where: str) -> tuple[str, ...]:
     found = []
     for name in names:
         bare = name.upper().removeprefix("CAP_")
@@ -221,7 +219,7 @@ def parse(name: str, folder: Path, data: dict) -> Backend:
             f"{where}: give either 'parent' (another backend) or 'from' (an external image)"
         )
     run, ready, logs = data.get("run", {}), data.get("ready", {}), data.get("logs", {})
-    install, test = data.get("install", {}), data.get("test", {})
+    install = data.get("install", {})
     capabilities = run.get("capabilities", {})
     ports = tuple(run.get("ports", ()))
     for port in ports:
@@ -240,14 +238,14 @@ def parse(name: str, folder: Path, data: dict) -> Backend:
         container_name=run.get("container_name", data["image"]),
         hostname=run.get("hostname", name),
         ports=ports,
-        needed_capabilities=_capabilities(
+        needed_capabilities=capability_names(
             capabilities.get("needed", []), f"{where}: run.capabilities.needed"
         ),
-        wanted_capabilities=_capabilities(
+        wanted_capabilities=capability_names(
             capabilities.get("wanted", []), f"{where}: run.capabilities.wanted"
         ),
         environment=dict(run.get("environment", {})),
-        command=_non_empty(run.get("command"), f"{where}: run.command"),
+        command=non_empty(run.get("command"), f"{where}: run.command"),
         stop_timeout=float(run.get("stop_timeout", 10.0)),
         ready_timeout=float(ready.get("timeout", 180.0)),
         ready_typical=float(ready.get("typical", 10.0)),
@@ -255,21 +253,14 @@ def parse(name: str, folder: Path, data: dict) -> Backend:
             _check(c, f"{where}: ready.checks[{i}]") for i, c in enumerate(ready.get("checks", []))
         ),
         smoke=tuple(_check(c, f"{where}: smoke[{i}]") for i, c in enumerate(data.get("smoke", []))),
-        log_status=_non_empty(logs.get("status"), f"{where}: logs.status"),
+        log_status=non_empty(logs.get("status"), f"{where}: logs.status"),
         log_files=tuple(logs.get("files", ())),
-        install_source=tuple(
-            _non_empty(c, f"{where}: install.source") for c in install.get("source", [])
-        ),
         install_conformance=tuple(
-            _non_empty(c, f"{where}: install.conformance") for c in install.get("conformance", [])
+            non_empty(c, f"{where}: install.conformance") for c in install.get("conformance", [])
         ),
-        test_source=tuple(_non_empty(c, f"{where}: test.source") for c in test.get("source", [])),
-        must_run=tuple(test.get("must_run", ())),
     )
-    if backend.runs_services and not (backend.test_source and backend.ready_checks):
-        raise DeclarationError(
-            f"{where}: kind = 'services' needs [test] source and at least one [[ready.checks]]"
-        )
+    if backend.runs_services and not backend.ready_checks:
+        raise DeclarationError(f"{where}: kind = 'services' needs at least one [[ready.checks]]")
     if backend.ready_timeout <= 0:
         raise DeclarationError(f"{where}: ready.timeout: expected a number of seconds > 0")
     return backend

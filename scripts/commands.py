@@ -10,6 +10,7 @@ import uuid
 
 from . import containers, log, signals
 from .backends import Backend
+from .consumers import Use
 from .errors import StepFailed, UserError
 from .pytest_report import idle_modules
 
@@ -45,11 +46,18 @@ def run_in(container, backend, command, *, user, workdir, step, environment=None
     raise StepFailed(f"{step} failed: `{shlex.join(command)}` exited with code {result.exit_code}")
 
 
-def run_tests(container, backend: Backend, command: tuple[str, ...]) -> None:
-    """The backend's tests; with `must_run`, a module that executed no test is a failure."""
-    if not backend.must_run:
+def run_tests(container, backend: Backend, use: Use, command: tuple[str, ...]) -> None:
+    """A consumer's tests; with `must_run`, a module that executed no test is a failure."""
+    environment = use.environment or None
+    if not use.must_run:
         run_in(
-            container, backend, command, user="dask", workdir=containers.SOURCE_MOUNT, step="test"
+            container,
+            backend,
+            command,
+            user=use.user,
+            workdir=use.workdir,
+            step="test",
+            environment=environment,
         )
         return
     report = f"/tmp/dask-gateway-ci-junit-{uuid.uuid4().hex[:12]}.xml"
@@ -58,16 +66,17 @@ def run_tests(container, backend: Backend, command: tuple[str, ...]) -> None:
             container,
             backend,
             (*command, f"--junitxml={report}"),
-            user="dask",
-            workdir=containers.SOURCE_MOUNT,
+            user=use.user,
+            workdir=use.workdir,
             step="test",
+            environment=environment,
         )
         failure = None
     except StepFailed as error:
         failure = error
     text = containers.read_file(container, report)
     containers.execute(container, ["rm", "-f", report])
-    idle = idle_modules(text.decode(errors="replace"), backend.must_run) if text else []
+    idle = idle_modules(text.decode(errors="replace"), use.must_run) if text else []
     if idle:
         raise StepFailed(
             f"test tested nothing of {backend.name}: {'; '.join(idle)}"

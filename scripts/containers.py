@@ -21,6 +21,9 @@ from .errors import StepFailed, UserError
 # Set on the containers this tool starts (images carry BACKEND_LABEL, and so
 # does every container made from them, build steps included).
 STARTED_LABEL = "io.github.dask-gateway-ci.started"
+# The consumer of the mounted checkout (consumers/*.toml), chosen at start:
+# install and test, later sessions, run what it declares.
+CONSUMER_LABEL = "io.github.dask-gateway-ci.consumer"
 SOURCE_MOUNT = "/working"
 CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
 # Readiness is polled every FIRST_POLL seconds for as long as the services
@@ -69,8 +72,12 @@ def start(
     name: str,
     source: Path | None = None,
     ports: dict[int, int] | None = None,
+    labels: dict[str, str] | None = None,
+    wanted: tuple[str, ...] = (),
 ):
     """Create and start a container; nothing is left behind when that fails.
+
+    `wanted`: capabilities wanted beside the backend's (its consumer's).
 
     Wanted capabilities are dropped, with a notice, when the engine cannot
     grant them; needed ones are an error naming the capability. Refusals are
@@ -84,7 +91,7 @@ def start(
         volumes[str(source)] = {"bind": SOURCE_MOUNT, "mode": "rw"}
     environment.update(backend.environment)
     needed = list(backend.needed_capabilities)
-    wanted = list(backend.wanted_capabilities)
+    wanted = list(dict.fromkeys((*backend.wanted_capabilities, *wanted)))
     # What this engine refused before is not asked again (a refused start costs
     # a container create); a notice still says it runs without.
     known = capabilities.remembered(client) & set(wanted) if wanted else set()
@@ -107,7 +114,7 @@ def start(
                 cap_add=[*needed, *wanted] or None,
                 environment=environment,
                 volumes=volumes,
-                labels={STARTED_LABEL: backend.name},
+                labels={**(labels or {}), STARTED_LABEL: backend.name},
             )
             container.start()
         except APIError as error:
@@ -422,6 +429,16 @@ def mounted_source(container) -> str | None:
         if mount.get("Destination") == SOURCE_MOUNT:
             return mount.get("Source")
     return None
+
+
+def consumer_of(container) -> str | None:
+    """The consumer recorded at start, if any (containers of older starts have none)."""
+    return (container.attrs.get("Config", {}).get("Labels") or {}).get(CONSUMER_LABEL)
+
+
+def granted(container, asked: tuple[str, ...]) -> set[str]:
+    """Which of `asked` the container's PID 1 has."""
+    return set(asked) - set(_not_granted(container, list(asked)))
 
 
 def require_running(client, backend: Backend):

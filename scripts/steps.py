@@ -14,7 +14,19 @@ import os
 import time
 from pathlib import Path
 
-from . import commands, containers, debian, log, plan, ports, publish, signals, state, summary
+from . import (
+    commands,
+    consumers,
+    containers,
+    debian,
+    log,
+    plan,
+    ports,
+    publish,
+    signals,
+    state,
+    summary,
+)
 from .backends import IMAGE, SERVICES, Backend, ancestors, root_of
 from .cli import PROJECT, STEPS, Context, option, step
 from .engine import first_line
@@ -33,7 +45,13 @@ __all__ = ["STEPS"]  # every step, registered as this module is imported
 
 SOURCE_VARIABLE = "DASK_GATEWAY_SOURCE"
 
-SOURCE_OPTION = option("--source", help=f"dask-gateway checkout (default ${SOURCE_VARIABLE})")
+SOURCE_OPTION = option(
+    "--source",
+    help=f"a checkout of dask-gateway, dask-jobqueue, ... (default ${SOURCE_VARIABLE})",
+)
+CONSUMER_OPTION = option(
+    "--consumer", help="whose checkout --source is (default: recognised from the checkout)"
+)
 PORTS_OPTION = option(
     "--ports", help=f"none, or +N to move the host ports (default ${ports.PORTS_VARIABLE})"
 )
@@ -257,6 +275,7 @@ def tag_dated(ctx: Context, backend: Backend) -> None:
     scope=SERVICES,
     options=(
         SOURCE_OPTION,
+        CONSUMER_OPTION,
         PORTS_OPTION,
         option(
             "--keep",
@@ -268,6 +287,8 @@ def tag_dated(ctx: Context, backend: Backend) -> None:
 def start(ctx: Context, backend: Backend) -> None:
     client, name = ctx.client, backend.container_name
     source = _source_dir(ctx.options.source, ctx.invoked_from)
+    consumer = _consumer(ctx, source)
+    use = consumer.use(backend) if consumer else None
     planned = ports.plan(backend.ports, ctx.options.ports)
     containers.ready_timeout(backend)  # a bad override fails before anything starts
     existing = containers.find(client, name)
@@ -288,11 +309,18 @@ def start(ctx: Context, backend: Backend) -> None:
     image = require_image(client, ctx.settings, backend)
     log.info(
         f"starting {name} from {ctx.settings.reference(backend)}"
-        + (f" with {source} at {containers.SOURCE_MOUNT}" if source else "")
+        + (f" with {source} ({consumer.name}) at {containers.SOURCE_MOUNT}" if source else "")
     )
     try:
         container = containers.start(
-            client, backend, image, name=name, source=source, ports=planned
+            client,
+            backend,
+            image,
+            name=name,
+            source=source,
+            ports=planned,
+            labels={containers.CONSUMER_LABEL: consumer.name} if consumer else None,
+            wanted=use.wanted_capabilities if use else (),
         )
     except containers.NameTaken:
         # Another start of this backend (a second terminal, a retried CI step)
@@ -355,11 +383,25 @@ def _use_running(container, backend: Backend, source: Path | None) -> None:
 )
 def install(ctx: Context, backend: Backend) -> None:
     container = containers.require_running(ctx.client, backend)
-    if containers.mounted_source(container):
-        to_run, workdir = backend.install_source, containers.SOURCE_MOUNT
-    else:
-        to_run, workdir = backend.install_conformance, "/"
-    for command in to_run:
+    use = _use_of(ctx, container, backend)
+    if use is None:
+        for command in backend.install_conformance:
+            commands.run_in(container, backend, command, user="root", workdir="/", step="install")
+        return
+    for command in use.setup:
+        commands.run_in(container, backend, command, user="root", workdir="/", step="setup")
+    granted = containers.granted(container, use.wanted_capabilities)
+    for want in use.wants:
+        if want.capability not in granted:
+            log.warn(
+                f"{want.capability} is not granted here ({want.why}); its setup is skipped "
+                f"and `test` leaves out: {', '.join(want.deselect) or 'nothing'}"
+            )
+            continue
+        for command in want.setup:
+            commands.run_in(container, backend, command, user="root", workdir="/", step="setup")
+    for command in use.install:
+        workdir = containers.SOURCE_MOUNT
         commands.run_in(container, backend, command, user="root", workdir=workdir, step="install")
 
 
@@ -371,9 +413,21 @@ def install(ctx: Context, backend: Backend) -> None:
 )
 def test(ctx: Context, backend: Backend) -> None:
     container = containers.require_running(ctx.client, backend)
-    if containers.mounted_source(container):
-        for command in backend.test_source:
-            commands.run_tests(container, backend, (*command, *ctx.extra))
+    use = _use_of(ctx, container, backend)
+    if use is not None:
+        wanted = use.wanted_capabilities
+        missing = set(wanted) - containers.granted(container, wanted)
+        left_out = consumers.deselected(use, missing)
+        for want, test_id in left_out:
+            log.warn(f"not run: {test_id} ({want.capability} not granted: {want.why})")
+        deselect = [f"--deselect={test_id}" for _, test_id in left_out]
+        for command in use.test:
+            commands.run_tests(container, backend, use, (*command, *deselect, *ctx.extra))
+        if left_out:
+            log.warn(
+                f"{len(left_out)} test(s) not run: {backend.name} granted no "
+                f"{', '.join(sorted(missing))}; see above"
+            )
         return
     probe = containers.execute(container, ("python", "-m", "pytest", "--version"), user="dask")
     if probe.exit_code != 0:
@@ -424,10 +478,14 @@ def stop(ctx: Context, backend: Backend) -> None:
     "cycle",
     "Start, install, test the {backend} container; logs on failure; always stop",
     scope=SERVICES,
-    options=(SOURCE_OPTION, PORTS_OPTION),
+    options=(SOURCE_OPTION, CONSUMER_OPTION, PORTS_OPTION),
     passthrough=True,
 )
 def cycle(ctx: Context, backend: Backend) -> None:
+    # A checkout no consumer declares (or not for this backend) fails before the engine.
+    consumer = _consumer(ctx, _source_dir(ctx.options.source, ctx.invoked_from))
+    if consumer is not None:
+        consumer.use(backend)
     existing = containers.find(ctx.client, backend.container_name)
     if existing is not None:
         raise UserError(
@@ -466,13 +524,41 @@ def _source_dir(option: str | None, invoked_from: Path) -> Path | None:
     if not path.is_dir():
         looked = f" (looked at {path})" if str(path) != value else ""
         raise UserError(
-            f"{where} {value}: not a directory{looked}; a dask-gateway checkout is expected"
-        )
-    if not (path / "tests").is_dir():
-        raise UserError(
-            f"{where} {value}: no tests/ folder in {path}; give the root of a dask-gateway checkout"
+            f"{where} {value}: not a directory{looked}; a checkout (dask-gateway, "
+            "dask-jobqueue, ...) is expected"
         )
     return path
+
+
+def _consumer(ctx: Context, source: Path | None) -> consumers.Consumer | None:
+    """The consumer whose checkout `source` is (--consumer, else recognised), or None."""
+    named = ctx.options.consumer
+    if source is None:
+        if named:
+            raise UserError("--consumer names whose checkout --source is: give --source DIR too")
+        return None
+    where = "--source" if ctx.options.source else SOURCE_VARIABLE
+    return consumers.choose(consumers.load_all(ctx.backends), source, named, where)
+
+
+def _use_of(ctx: Context, container, backend: Backend) -> consumers.Use | None:
+    """What the mounted checkout's consumer runs here, or None without a checkout.
+
+    The consumer recorded at start; for a container started before consumers
+    were recorded, the one its mounted checkout is recognised as.
+    """
+    mounted = containers.mounted_source(container)
+    if not mounted:
+        return None
+    declared = consumers.load_all(ctx.backends)
+    name = containers.consumer_of(container)
+    if name is not None and name not in declared:
+        raise UserError(
+            f"{container.name} was started for consumer {name!r}, which consumers/ no longer "
+            f"declares; `nox -s stop -- {backend.name}` and start it again"
+        )
+    consumer = consumers.choose(declared, Path(mounted), name, f"the checkout at {mounted}")
+    return consumer.use(backend)
 
 
 # -- project steps: no backend -------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import backends
+from scripts import backends, consumers
 from scripts.dockerfile import (
     all_arg_defaults,
     arg_defaults,
@@ -26,6 +26,8 @@ from scripts.errors import DeclarationError, UserError
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "ci"
 ALL = backends.load_all()
+# dask-gateway's install and test commands per backend (consumers/dask-gateway.toml).
+GATEWAY = consumers.load_all(ALL)["dask-gateway"].uses
 # Every backend that runs services, from the declarations; the contract below
 # must cover each of them.
 SERVICES = tuple(name for name, backend in ALL.items() if backend.runs_services)
@@ -115,14 +117,14 @@ def test_parent_is_base(name):
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_install_from_source(name):
-    declared = [list(command) for command in ALL[name].install_source]
+    declared = [list(command) for command in GATEWAY[name].install]
     expected = CONTRACT[name]["install"]
     assert declared[0] == ["pip", "install", "-r", "tests/requirements.txt"]
     assert declared[: len(expected)] == expected
 
 
 def test_hadoop_installs_pykerberos():
-    assert ("pip", "install", "pykerberos") in ALL["hadoop"].install_source
+    assert ("pip", "install", "pykerberos") in GATEWAY["hadoop"].install
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -133,11 +135,12 @@ def test_conformance_install_has_pytest(name):
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_test_commands_are_the_contracts(name):
-    assert [list(c) for c in ALL[name].test_source] == [shlex.split(CONTRACT[name]["test"])]
+    assert [list(c) for c in GATEWAY[name].test] == [shlex.split(CONTRACT[name]["test"])]
+    assert GATEWAY[name].user == "dask"
 
 
 def test_hadoop_test_selects_yarn_or_kerberos_as_one_argument():
-    (command,) = ALL["hadoop"].test_source
+    (command,) = GATEWAY["hadoop"].test
     assert command[-2:] == ("-k", "yarn or kerberos")
 
 
@@ -371,11 +374,18 @@ MALFORMED = {
         GOOD_BASE + "[build.args]\nVERSION = 3\n",
         "build.args.VERSION: expected a string, got 3",
     ),
-    "test-source-not-a-list": (
-        GOOD_BASE + '[test]\nsource = "pytest"\n',
-        "test.source: expected a list of commands, each a list of strings",
+    "install-not-a-list": (
+        GOOD_BASE + '[install]\nconformance = "pytest"\n',
+        "install.conformance: expected a list of commands, each a list of strings",
     ),
-    "empty-command": (GOOD_BASE + "[install]\nsource = [[]]\n", "expected a non-empty command"),
+    "source-commands-moved": (
+        GOOD_BASE + '[test]\nsource = [["pytest"]]\n',
+        "unknown key 'test'",
+    ),
+    "empty-command": (
+        GOOD_BASE + "[install]\nconformance = [[]]\n",
+        "expected a non-empty command",
+    ),
     "empty-log-status": (GOOD_BASE + "[logs]\nstatus = []\n", "expected a non-empty command"),
     "ports-not-numbers": (
         GOOD_BASE + '[run]\nports = ["http"]\n',
@@ -393,7 +403,7 @@ MALFORMED = {
     ),
     "services-without-test": (
         'description = "d"\nimage = "i"\nfrom = "x"\nkind = "services"\n',
-        "needs [test] source",
+        "needs at least one [[ready.checks]]",
     ),
     "invalid-toml": ("description = \n", "not valid TOML"),
 }

@@ -113,6 +113,29 @@ def test_bad_owner_or_registry_is_one_line_before_the_engine(offline_env, extra,
     assert "Docker engine not reachable" not in run.output  # refused before connecting
 
 
+def test_a_checkout_no_consumer_declares_is_one_line_before_the_engine(offline_env, tmp_path):
+    both = tmp_path / "both"
+    (both / "tests").mkdir(parents=True)
+    (both / "dask_jobqueue").mkdir()
+    (both / "dask_jobqueue" / "__init__.py").write_text("")
+    (both / "conftest.py").write_text("")
+    jobqueue = tmp_path / "jobqueue"
+    (jobqueue / "dask_jobqueue").mkdir(parents=True)
+    (jobqueue / "dask_jobqueue" / "__init__.py").write_text("")
+    (jobqueue / "conftest.py").write_text("")
+    for args, expected in (
+        (["--source", str(tmp_path / "jobqueue" / "dask_jobqueue")], "no tests/ folder in"),
+        (["--source", str(both)], "looks like a checkout of dask-gateway and of dask-jobqueue"),
+        (["--source", str(both), "--consumer", "nosuch"], "--consumer nosuch: no such consumer"),
+        (["--consumer", "dask-jobqueue"], "--consumer names whose checkout --source is"),
+    ):
+        run = nox("-s", "cycle-slurm", "--", *args, env=offline_env)
+        assert expected in one_line_failure(run), args
+        assert "Docker engine not reachable" not in run.output
+    run = nox("-s", "start-hadoop", "--", "--source", str(jobqueue), env=offline_env)
+    assert "dask-jobqueue declares no tests for hadoop" in one_line_failure(run)
+
+
 # -- against the engine ---------------------------------------------------------------
 
 

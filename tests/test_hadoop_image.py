@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import backends
+from scripts import backends, consumers
 from scripts.dockerfile import instructions, stages
 from scripts.images import untag
 from tests.http_server import serve
@@ -52,6 +52,8 @@ pytestmark = pytest.mark.usefixtures("untagged_builds_removed")
 ROOT = Path(__file__).resolve().parents[1]
 HADOOP = ROOT / "ci" / "hadoop"
 DECLARED = backends.load_all()["hadoop"]
+# dask-gateway's commands in it (consumers/dask-gateway.toml).
+GATEWAY = consumers.load_all(backends.load_all())["dask-gateway"].uses["hadoop"]
 CFG = "/opt/hadoop/etc/hadoop/container-executor.cfg"
 # What nox needs to build, copied from this checkout.
 TREE = ("noxfile.py", "pyproject.toml", "scripts", "ci")
@@ -292,14 +294,14 @@ def test_skein_application_is_a_smoke_check_as_dask():
 
 
 def test_install_adds_the_yarn_extra_and_fails_without_skein():
-    source = [list(c) for c in DECLARED.install_source]
+    source = [list(c) for c in GATEWAY.install]
     extra = source.index(["pip", "install", "dask-gateway-server[yarn]", "setuptools"])
     assert source.index(["pip", "install", "-r", "tests/requirements.txt"]) < extra
     assert source[extra + 1] == ["python", "-c", "import skein"]
 
 
 def test_yarn_tests_must_run():
-    assert "tests/test_yarn_backend.py" in DECLARED.must_run
+    assert "tests/test_yarn_backend.py" in GATEWAY.must_run
 
 
 def test_skein_is_in_the_image_pinned_and_imported_in_the_same_step():

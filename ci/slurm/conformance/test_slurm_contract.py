@@ -217,3 +217,34 @@ def test_export_names_job_gets_the_login_environment_and_slurmd_survives():
     assert env["CONFORMANCE_USER"] == "alice"
     assert env["SLURM_JOB_ID"] == job
     assert slurmd_pid() == before and Path(f"/proc/{before}").exists(), "slurmd restarted"
+
+
+# dask-jobqueue's -E slurm suite (consumers/dask-jobqueue.toml) relies on these.
+
+
+def test_ip_shows_eth0_for_labelled_addresses():
+    # Its interface test needs `ip addr add ... label eth0:NAME` (with
+    # CAP_NET_ADMIN, a consumer's setup); here, only that iproute2 is in the
+    # image and eth0 is there (without eth0 the test skips itself).
+    done = run("ip", "-4", "-o", "addr", "show", "dev", "eth0")
+    assert done.returncode == 0, done.stderr
+    assert " inet " in done.stdout
+
+
+def test_four_tasks_run_in_one_srun():
+    # test_slurm_runner: `srun --mpi=none -n 4`, skipped below 4 CPUs in `sinfo -o %C`.
+    total = run("sinfo", "-h", "-o", "%C").stdout.strip().split("/")[-1]
+    assert int(total) >= 4
+    done = run("srun", "--mpi=none", "-n", "4", "-t", "1", "--mem-per-cpu=64", "hostname")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [socket.gethostname()] * 4
+
+
+def test_two_jobs_of_two_cores_and_2_gib_run_at_once():
+    # Its adaptive and scale tests: two jobs of cores=2, memory="2GiB" at once.
+    jobs = [submit("alice", "sleep 120", "-c", "2", "--mem=2G") for _ in range(2)]
+    try:
+        wait_until(lambda: all(job_state(j) == "R" for j in jobs), 60, "2 jobs of 2 GiB running")
+    finally:
+        for job in jobs:
+            launch("alice", ["/usr/local/bin/scancel", job])

@@ -1,0 +1,116 @@
+"""The second consumer for real: dask-jobqueue 0.9.0's -E slurm suite, unmodified,
+through `nox -s cycle -- slurm --source DIR` on the slurm image built here.
+
+CI reaches PyPI, not GitHub: the release sdist (hash-pinned) ships the
+tests, and the three files of the tag it leaves out (conftest.py, the TLS
+test's ca.pem and key.pem) are kept in tests/upstream/dask-jobqueue-0.9.0/,
+checked by their git blob IDs (its README). About 1.5 minutes (start, pip
+install, its dozen slurm tests). The pbs suite runs the same way
+(`cycle -- pbs`), in the images workflow, where the pbs image is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from scripts import consumers
+from scripts.backends import load_all
+from tests.nox_runner import ROOT, nox
+from tests.registry import engine_grants
+
+pytestmark = pytest.mark.docker
+SLURM = load_all()["slurm"]
+RELEASE = "dask-jobqueue==0.9.0"
+# PyPI's SHA-256 of dask_jobqueue-0.9.0.tar.gz: pip checks it before unpacking.
+SDIST_SHA256 = "494ef64b7bb3848c7d72ed334c288030caca6a09dca54cfaa3f395f4ba7f5c47"
+INTERFACE_TEST = (
+    "dask_jobqueue/tests/test_slurm.py::test_different_interfaces_on_scheduler_and_workers"
+)
+# What the sdist leaves out (MANIFEST.in), from the tag: here -> in the checkout, git blob.
+LEFT_OUT = {
+    "conftest.py.upstream": ("conftest.py", "330ea1523f38b47b8a2a88fd48e49f33b6a42b9e"),
+    "ca.pem": ("dask_jobqueue/tests/ca.pem", "46c112dd8b3b48296c4b7553ad44dc3216d40881"),
+    "key.pem": ("dask_jobqueue/tests/key.pem", "9c23d8d05bab7f6ae52d2d394f231b9459b876f8"),
+}
+UPSTREAM = ROOT / "tests" / "upstream" / "dask-jobqueue-0.9.0"
+SUMMARY = re.compile(r"^=+ (?P<counts>.*\d+ passed.*) in [\d.]+s", re.M)
+
+
+@pytest.fixture
+def no_container(env):
+    nox("-s", "stop", "--", "slurm", env=env)
+    yield
+    nox("-s", "stop", "--", "slurm", env=env)
+
+
+def release_sdist(folder: Path) -> Path:
+    """dask-jobqueue 0.9.0's sdist, downloaded with its hash checked, unpacked."""
+    requirement = folder / "requirement.txt"
+    requirement.write_text(f"{RELEASE} --hash=sha256:{SDIST_SHA256}\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+         "--require-hashes", "-r", str(requirement), "-d", str(folder)],
+        check=True,
+    )  # fmt: skip
+    with tarfile.open(folder / "dask_jobqueue-0.9.0.tar.gz") as archive:
+        archive.extractall(folder, filter="data")
+    source = folder / "dask_jobqueue-0.9.0"
+    source.chmod(0o755)
+    for stored, (path, blob) in LEFT_OUT.items():
+        content = (UPSTREAM / stored).read_bytes()
+        assert git_blob(content) == blob, f"{stored} is not the tag's {path}"
+        assert not (source / path).exists()  # the sdist does leave it out
+        shutil.copyfile(UPSTREAM / stored, source / path)
+    return source
+
+
+def git_blob(content: bytes) -> str:
+    """The git blob ID of `content` (what `git hash-object` prints)."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def counts(output: str) -> dict[str, int]:
+    """pytest's last line, e.g. '11 passed, 269 skipped, 1 xpassed, 1 rerun'."""
+    (line,) = SUMMARY.findall(output)[-1:]
+    return {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", line)}
+
+
+def test_dask_jobqueue_release_slurm_suite_passes_through_cycle(
+    engine, env, built, no_container, tmp_path
+):
+    source = release_sdist(tmp_path)
+    declared = consumers.load_all(load_all())
+    assert consumers.choose(declared, source, None, "--source").name == "dask-jobqueue"
+
+    run = nox("-s", "cycle", "--", "slurm", "--source", str(source), env=env)
+    assert run.returncode == 0, run.output[-6000:]
+    assert "root@/root$ pytest /working/dask_jobqueue -v -E slurm" in run.output
+    found = counts(run.output)
+    print(f"dask-jobqueue 0.9.0 -E slurm: {found}")
+    assert not {"failed", "error", "errors"} & set(found)
+    # Its slurm tests, the job and core tests with SLURMCluster: a dozen.
+    assert found["passed"] >= 10
+    assert "test_slurm.py::test_basic PASSED" in run.output
+    assert "test_slurm.py::test_slurm_runner PASSED" in run.output
+
+    if engine_grants(engine, slurm_image(engine, env), "NET_ADMIN"):
+        assert "test_different_interfaces_on_scheduler_and_workers PASSED" in run.output
+        assert "not run: " not in run.output
+    else:
+        assert f"not run: {INTERFACE_TEST} (NET_ADMIN not granted" in run.output
+        assert "test_different_interfaces_on_scheduler_and_workers PASSED" not in run.output
+    assert SLURM.container_name not in {c.name for c in engine.containers.list(all=True)}
+
+
+def slurm_image(engine, env) -> str:
+    from scripts.settings import load_settings
+
+    return engine.images.get(load_settings(environ=env).reference(SLURM)).id
