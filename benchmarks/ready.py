@@ -119,14 +119,16 @@ def lag(client, backend) -> float:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "nox", "-s", f"start-{backend.name}"],
             cwd=ROOT,
             env={**os.environ, "NOX_SCRIPT_MODE": "none", **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
+        if done.returncode != 0:
+            sys.exit(f"nox -s start-{backend.name} failed:\n{done.stdout[-3000:]}")
         returned_at = time.monotonic()
     finally:
         returned.set()
