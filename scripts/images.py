@@ -128,7 +128,7 @@ def check_platform(client, image: str, reference: str, platform: Platform | None
     recorded = client.api.inspect_image(image).get("Architecture")
     if recorded != platform.architecture:
         raise StepFailed(
-            f"{reference} ({image[:19]}) is a {recorded} image, not {platform.architecture}; "
+            f"{reference} ({image[:19]}) is an {recorded} image, not {platform.architecture}; "
             f"this engine did not build for {platform}"
         )
 

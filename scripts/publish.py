@@ -141,7 +141,7 @@ class Target:
         self.architecture = client.api.inspect_image(self.image).get("Architecture") or ""
         if platform is not None and self.architecture != platform.architecture:
             raise UserError(
-                f"{self.local} ({self.image[:19]}) is a {self.architecture} image, not "
+                f"{self.local} ({self.image[:19]}) is an {self.architecture} image, not "
                 f"{platform.architecture}; build it with `nox -s build-{backend.name} -- "
                 f"--platform {platform}`"
             )
@@ -172,7 +172,7 @@ def targets_of(
     target = Target(client, settings, backend)
     if target.architecture not in ("", PLAIN):
         raise UserError(
-            f"{target.local} is a {target.architecture} image: alone under a published tag it "
+            f"{target.local} is an {target.architecture} image: alone under a published tag it "
             f"would replace the {PLAIN} image every {PLAIN} pull gets; publish an index of "
             f"both with --platform linux/{PLAIN} --platform linux/{target.architecture}"
         )
