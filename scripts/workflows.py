@@ -376,6 +376,11 @@ def run(options: Options) -> list[StepResult]:
             "-W",
             str(workflow),
             *(item for runner in RUNNERS for item in ("-P", runner)),
+            # One job at a time: GitHub gives each job a machine of its own, here
+            # they share one engine, and the amd64 and arm64 legs of a backend
+            # would both start its container (one declared name) at once.
+            "--concurrent-jobs",
+            "1",
             "--json",
             "--defaultbranch",
             "main",
