@@ -1,4 +1,4 @@
-"""Create the Debian base image locally: debootstrap + docker load.
+"""Create the Debian base image locally: debootstrap + docker import (or load).
 
 For machines that cannot pull from a registry (air-gapped, or this CI),
 for the engine's architecture or another one (arm64 on an amd64 host,
@@ -262,15 +262,22 @@ def bootstrap(
         slim(rootfs)
         tarball = Path(workdir) / "rootfs.tar"
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
-        shutil.rmtree(rootfs)  # half the disk space, before the archive is written
-        archive = Path(workdir) / "image.tar"
-        image_archive(tarball, archive, reference, platform)
-        log.info(f"loading {reference} ({platform})")
-        with archive.open("rb") as data:
-            client.images.load(data)
+        if not foreign:
+            log.info(f"importing {reference}")
+            # The whole reference as the repository: Podman ignores a separate tag.
+            client.api.import_image_from_file(str(tarball), repository=reference)
+        else:
+            # `docker import` records the engine's own architecture on Docker
+            # 20.10, whatever --platform says: load an archive that names it.
+            shutil.rmtree(rootfs)  # half the disk space, before the archive is written
+            archive = Path(workdir) / "image.tar"
+            image_archive(tarball, archive, reference, platform)
+            log.info(f"loading {reference} ({platform})")
+            with archive.open("rb") as data:
+                client.images.load(data)
     created = image_id(client, reference)
     if created is None:
-        raise StepFailed(f"docker load did not create {reference}")
+        raise StepFailed(f"docker {'load' if foreign else 'import'} did not create {reference}")
     recorded = client.api.inspect_image(created).get("Architecture")
     if recorded != platform.architecture:
         raise StepFailed(
