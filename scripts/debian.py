@@ -72,7 +72,9 @@ def host_architecture() -> str:
 def check_emulation(architecture: str, binfmt: Path = BINFMT) -> None:
     """Programs of `architecture` run here: natively, or through qemu-user-static
     registered with binfmt_misc with the F flag (the interpreter is opened at
-    registration, so it also runs inside a chroot or a container).
+    registration, so it also runs inside a chroot or a container) and the C
+    flag (set-user-ID programs get their credentials: sudo, which the images'
+    checks and dask-gateway's tests run, refuses to work without it).
 
     Raises UserError naming the packages and the commands otherwise.
     """
@@ -91,11 +93,18 @@ def check_emulation(architecture: str, binfmt: Path = BINFMT) -> None:
             f"{architecture} programs cannot run on this {host_architecture()} host: "
             f"no {qemu} in {binfmt}; install emulation with {fix}"
         ) from None
-    flags = re.search(r"^flags:\s*(\S*)", entry, re.M)
-    if not entry.startswith("enabled") or not flags or "F" not in flags.group(1):
+    found = re.search(r"^flags:\s*(\S*)", entry, re.M)
+    flags = found.group(1) if found else ""
+    if not entry.startswith("enabled") or "F" not in flags:
         raise UserError(
             f"{binfmt / qemu} is not enabled with the F flag (fix binary), which chroots "
             f"and containers need; {fix}"
+        )
+    if "C" not in flags:
+        raise UserError(
+            f"{binfmt / qemu} is registered without the C flag (credentials): sudo in "
+            f"{architecture} containers would refuse to run; register it again with flags "
+            "FC as the README's Architectures section shows (Debian's package leaves C out)"
         )
 
 

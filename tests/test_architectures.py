@@ -88,7 +88,7 @@ def test_emulation_is_checked_before_debootstrap(tmp_path, monkeypatch):
     monkeypatch.setattr(debian, "host_architecture", lambda: "amd64")
     enabled = "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: {}\n"
     debian.check_emulation("amd64", _binfmt(tmp_path / "none", None))  # native: no qemu
-    debian.check_emulation("arm64", _binfmt(tmp_path / "ok", enabled.format("PF")))
+    debian.check_emulation("arm64", _binfmt(tmp_path / "ok", enabled.format("POCF")))
     with pytest.raises(UserError) as raised:
         debian.check_emulation("arm64", _binfmt(tmp_path / "missing", None))
     assert "no qemu-aarch64 in" in str(raised.value)
@@ -97,6 +97,9 @@ def test_emulation_is_checked_before_debootstrap(tmp_path, monkeypatch):
     for text in (enabled.format("P"), "disabled\n" + enabled.format("F")[8:]):
         with pytest.raises(UserError, match="not enabled with the F flag"):
             debian.check_emulation("arm64", _binfmt(tmp_path / uuid.uuid4().hex, text))
+    # Debian's own registration (PF): sudo would not get root in the containers.
+    with pytest.raises(UserError, match="without the C flag"):
+        debian.check_emulation("arm64", _binfmt(tmp_path / "debian", enabled.format("PF")))
 
 
 def test_plan_architectures_and_what_publish_passes():
