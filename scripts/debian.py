@@ -1,21 +1,29 @@
-"""Create the Debian base image locally: debootstrap + docker import.
+"""Create the Debian base image locally: debootstrap + docker import (or load).
 
-For machines that cannot pull from a registry (air-gapped, or this CI).
+For machines that cannot pull from a registry (air-gapped, or this CI),
+for the engine's architecture or another one (arm64 on an amd64 host,
+run under qemu-user-static).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
+from datetime import UTC, datetime
 from fnmatch import fnmatch
 from pathlib import Path
 
 from . import log
 from .engine import image_id
 from .errors import StepFailed, UserError
+from .platforms import VARIANT, Platform
 
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
@@ -47,6 +55,57 @@ APT_SETTINGS = {
     "docker-no-languages": 'Acquire::Languages "none";\n',
     "docker-autoremove-suggests": 'Apt::AutoRemove::SuggestsImportant "false";\n',
 }
+
+
+# The Linux kernel's (and qemu's) names of the architectures Debian calls amd64/arm64.
+KERNEL_NAME = {"amd64": "x86_64", "arm64": "aarch64"}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def host_architecture() -> str:
+    """The host's architecture in Debian's words (amd64, arm64)."""
+    machine = os.uname().machine
+    return {kernel: debian for debian, kernel in KERNEL_NAME.items()}.get(machine, machine)
+
+
+def check_emulation(architecture: str, binfmt: Path = BINFMT) -> None:
+    """Programs of `architecture` run here: natively, or through qemu-user-static
+    registered with binfmt_misc with the F flag (the interpreter is opened at
+    registration, so it also runs inside a chroot or a container) and the C
+    flag (set-user-ID programs get their credentials: sudo, which the images'
+    checks and dask-gateway's tests run, refuses to work without it).
+
+    Raises UserError naming the packages and the commands otherwise.
+    """
+    if architecture == host_architecture():
+        return
+    qemu = f"qemu-{KERNEL_NAME.get(architecture, architecture)}"
+    fix = (
+        "`apt-get install -y qemu-user-static binfmt-support` (as root; where "
+        f"{binfmt} is empty: `mount -t binfmt_misc binfmt_misc {binfmt}`, then "
+        f"`update-binfmts --enable {qemu}`)"
+    )
+    try:
+        entry = (binfmt / qemu).read_text()
+    except OSError:
+        raise UserError(
+            f"{architecture} programs cannot run on this {host_architecture()} host: "
+            f"no {qemu} in {binfmt}; install emulation with {fix}"
+        ) from None
+    found = re.search(r"^flags:\s*(\S*)", entry, re.M)
+    flags = found.group(1) if found else ""
+    if not entry.startswith("enabled") or "F" not in flags:
+        raise UserError(
+            f"{binfmt / qemu} is not enabled with the F flag (fix binary), which chroots "
+            f"and containers need; {fix}"
+        )
+    if "C" not in flags:
+        raise UserError(
+            f"{binfmt / qemu} is registered without the C flag (credentials): sudo in "
+            f"{architecture} containers would refuse to run; register it again with flags "
+            "FC as the README's Architectures section shows (Debian's package leaves C out)"
+        )
 
 
 def host_mirror(sources=APT_SOURCES) -> str:
@@ -116,6 +175,41 @@ def can_bootstrap(reference: str) -> bool:
     )
 
 
+def image_archive(rootfs: Path, archive: Path, reference: str, platform: Platform) -> None:
+    """Write a `docker save` archive of one layer (the rootfs tar) whose config
+    records `platform`: `docker load` then gives the image that architecture on
+    every engine (Docker 20.10's import records its own one, whatever --platform says).
+    """
+    digest = hashlib.sha256()
+    with rootfs.open("rb") as layer:
+        for chunk in iter(lambda: layer.read(1 << 20), b""):
+            digest.update(chunk)
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    config = {
+        "architecture": platform.architecture,
+        "os": "linux",
+        # As Debian's official images: a PATH, and bash when nothing else is run.
+        "config": {"Env": [ENV_PATH], "Cmd": ["bash"]},
+        "created": now,
+        "history": [{"created": now, "created_by": f"dask-gateway-ci bootstrap {reference}"}],
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{digest.hexdigest()}"]},
+    }
+    if platform.architecture in VARIANT:
+        config["variant"] = VARIANT[platform.architecture]
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    manifest = [{"Config": config_name, "RepoTags": [reference], "Layers": ["layer/layer.tar"]}]
+    with tarfile.open(archive, "w") as out:
+        for name, data in (
+            (config_name, config_bytes),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+        out.add(str(rootfs), arcname="layer/layer.tar")
+
+
 def bootstrap(
     client,
     *,
@@ -123,7 +217,15 @@ def bootstrap(
     suite: str | None = None,
     mirror: str | None = None,
     force: bool = False,
+    platform: Platform | None = None,
 ) -> str:
+    """Create `reference` with debootstrap for `platform` (default: the host's) and load it.
+
+    Raises UserError when the reference is not Debian's, debootstrap or root
+    is missing, or the platform's programs cannot run here; StepFailed when
+    debootstrap fails or the engine records another architecture.
+    """
+    platform = platform or Platform(host_architecture())
     existing = image_id(client, reference)
     if existing and not force:
         log.info(f"{reference} already exists ({existing[:19]}); --force to recreate")
@@ -136,12 +238,24 @@ def bootstrap(
         raise UserError("debootstrap not found; install it with `apt-get install -y debootstrap`")
     if os.geteuid() != 0:
         raise UserError("debootstrap needs root: run it as root (e.g. with sudo)")
+    check_emulation(platform.architecture)
     mirror = mirror or host_mirror()
+    foreign = platform.architecture != host_architecture()
     with tempfile.TemporaryDirectory(prefix="dask-gateway-ci-rootfs-") as workdir:
         rootfs = Path(workdir) / "rootfs"
-        log.info(f"debootstrap --variant=minbase {suite} from {mirror} (about 30 s)")
+        log.info(
+            f"debootstrap --variant=minbase --arch={platform.architecture} {suite} from "
+            f"{mirror} ({'about 3 min under emulation' if foreign else 'about 30 s'})"
+        )
         result = subprocess.run(
-            [tool, "--variant=minbase", suite, str(rootfs), mirror],
+            [
+                tool,
+                "--variant=minbase",
+                f"--arch={platform.architecture}",
+                suite,
+                str(rootfs),
+                mirror,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -157,11 +271,26 @@ def bootstrap(
         slim(rootfs)
         tarball = Path(workdir) / "rootfs.tar"
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
-        log.info(f"importing {reference}")
-        # The whole reference as the repository: Podman ignores a separate tag.
-        client.api.import_image_from_file(str(tarball), repository=reference)
+        if not foreign:
+            log.info(f"importing {reference}")
+            # The whole reference as the repository: Podman ignores a separate tag.
+            client.api.import_image_from_file(str(tarball), repository=reference)
+        else:
+            # `docker import` records the engine's own architecture on Docker
+            # 20.10, whatever --platform says: load an archive that names it.
+            shutil.rmtree(rootfs)  # half the disk space, before the archive is written
+            archive = Path(workdir) / "image.tar"
+            image_archive(tarball, archive, reference, platform)
+            log.info(f"loading {reference} ({platform})")
+            with archive.open("rb") as data:
+                client.images.load(data)
     created = image_id(client, reference)
     if created is None:
-        raise StepFailed(f"docker import did not create {reference}")
-    log.info(f"created {reference} ({created[:19]})")
+        raise StepFailed(f"docker {'load' if foreign else 'import'} did not create {reference}")
+    recorded = client.api.inspect_image(created).get("Architecture")
+    if recorded != platform.architecture:
+        raise StepFailed(
+            f"the engine recorded {reference} as {recorded}, not {platform.architecture}"
+        )
+    log.info(f"created {reference} ({created[:19]}, {platform})")
     return created

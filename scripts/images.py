@@ -23,6 +23,7 @@ from .distribution import RegistryAPI
 from .dockerfile import declared_args, parse, stage_names, stages_of
 from .engine import CONTAINERD, first_line, image_id, image_store
 from .errors import StepFailed, UserError
+from .platforms import PLAIN, Platform
 from .provenance import (
     BACKEND_LABEL,
     LABEL_PREFIX,
@@ -95,36 +96,76 @@ class BuildStream:
             log.info(f"{entry['status']} {entry.get('progress', '')}".strip())
 
 
-def require_image(client, settings: Settings, backend: Backend) -> str:
-    reference = settings.reference(backend)
+def local_reference(settings: Settings, backend: Backend, platform: Platform | None) -> str:
+    """The local tag of `backend`'s image for `platform` (see platforms.py)."""
+    return settings.reference(backend, (platform or Platform(PLAIN)).tag(LATEST))
+
+
+def require_image(
+    client, settings: Settings, backend: Backend, platform: Platform | None = None
+) -> str:
+    """The local ID of `backend`'s image for `platform`.
+
+    Raises UserError naming the build command when it is not here.
+    """
+    reference = local_reference(settings, backend, platform)
     found = image_id(client, reference)
     if found is None:
-        raise UserError(f"image {reference} not found locally; run `nox -s build-{backend.name}`")
+        how = f" -- --platform {platform}" if platform and platform.suffix else ""
+        raise UserError(
+            f"image {reference} not found locally; run `nox -s build-{backend.name}{how}`"
+        )
     return found
 
 
-def external_image(client, backend: Backend) -> str:
-    """Local ID of the image the root backend builds FROM: here, pulled, or bootstrapped."""
+def check_platform(client, image: str, reference: str, platform: Platform | None) -> None:
+    """The engine recorded `image` as `platform`'s architecture.
+
+    Raises StepFailed otherwise (an engine that builds or imports for its own
+    architecture whatever it was asked would publish a mislabelled image).
+    """
+    if platform is None:
+        return
+    recorded = client.api.inspect_image(image).get("Architecture")
+    if recorded != platform.architecture:
+        raise StepFailed(
+            f"{reference} ({image[:19]}) is an {recorded} image, not {platform.architecture}; "
+            f"this engine did not build for {platform}"
+        )
+
+
+def external_image(client, backend: Backend, platform: Platform | None = None) -> str:
+    """Local ID of the image the root backend builds FROM: here, pulled, or bootstrapped.
+
+    For another architecture than amd64 it is the per-architecture name
+    (platforms.Platform.external). Raises UserError when it can be neither
+    pulled nor bootstrapped.
+    """
     from docker.errors import APIError
 
-    reference = backend.base_image
+    reference = (platform or Platform(PLAIN)).external(backend.base_image)
     found = image_id(client, reference)
     if found is not None:
+        check_platform(client, found, reference, platform)
         return found
     log.info(f"{reference} is not here; pulling it (once: builds never pull)")
     try:
-        return client.images.pull(reference).id
+        pulled = client.images.pull(reference, platform=str(platform) if platform else None).id
+        check_platform(client, pulled, reference, platform)
+        return pulled
     except APIError as error:
         reason = first_line(error)
+    arch = f" --arch {platform.architecture}" if platform and platform.suffix else ""
     if debian.can_bootstrap(reference):
         log.info(
             f"cannot pull {reference} ({reason}); creating it locally with debootstrap "
-            "instead, as `nox -s bootstrap-debian` does"
+            f"instead, as `nox -s bootstrap-debian{' --' + arch if arch else ''}` does"
         )
-        return debian.bootstrap(client, reference=reference)
+        return debian.bootstrap(client, reference=reference, platform=platform)
     raise UserError(
         f"{reference} is not here and cannot be pulled ({reason}); create it with "
-        "`nox -s bootstrap-debian` (needs debootstrap, as root), or `docker load` it"
+        f"`nox -s bootstrap-debian{' --' + arch if arch else ''}` (needs debootstrap, as "
+        "root), or `docker load` it"
     )
 
 
@@ -226,16 +267,21 @@ def build_one(
     network_mode: str | None = None,
     nocache: bool = False,
     root_id: str | None = None,
+    platform: Platform | None = None,
 ) -> str:
     """Build one image from ci/<backend>/ on `parent_id` and return its ID.
 
-    `root_id` is passed as ROOT_ARG when the Dockerfile declares it.
+    `root_id` is passed as ROOT_ARG when the Dockerfile declares it. With
+    `platform`, the engine builds for it (RUN steps of another architecture
+    run under the host's binfmt_misc emulation) and the image is tagged with
+    its local name (local_reference). Raises StepFailed when the build fails
+    or gives another architecture.
     """
     # The exact local images, by ID: a registry is never asked for them.
     args = {**backend.build_args, **(build_args or {}), PARENT_ARG: parent_id}
     if root_id is not None and ROOT_ARG in declared_args(backend.dockerfile):
         args[ROOT_ARG] = root_id
-    reference = settings.reference(backend)
+    reference = local_reference(settings, backend, platform)
     what = f"{reference}" + (f" (target {target})" if target else "")
     with log.group(f"build {what}"):
         labels = oci_labels(backend, provenance(settings.source, [backend.folder, *parent_folders]))
@@ -247,6 +293,7 @@ def build_one(
             target=target,
             network_mode=network_mode,
             nocache=nocache,
+            **({"platform": str(platform)} if platform else {}),
         )
     if stream.error is not None:
         # The step line already shows the command; do not repeat it.
@@ -257,6 +304,7 @@ def build_one(
         raise StepFailed(f"build of {what} failed at {step}: {error}{tail}")
     if stream.image_id is None:
         raise StepFailed(f"build of {what} ended without an image ID")
+    check_platform(client, stream.image_id, what, platform)
     log.info(
         f"built {what}: {stream.image_id[:19]} "
         f"({stream.cached_steps}/{stream.steps} steps from cache)"
@@ -332,14 +380,19 @@ def image_sizes(client, image: str) -> Sizes:
 
 
 def published_if_current(
-    client, settings: Settings, backend: Backend, folders: tuple[Path, ...]
+    client,
+    settings: Settings,
+    backend: Backend,
+    folders: tuple[Path, ...],
+    platform: Platform | None = None,
 ) -> str | None:
     """The published image of `backend`, pulled, when it is current; else None, saying why.
 
     Current: it carries this project's backend label and was built from a
     revision this clone has, and `folders` (the image's and its parents')
     have not changed since that revision, committed or not. Pulled by
-    digest, so what was checked is what arrives.
+    digest, so what was checked is what arrives; with `platform`, that
+    architecture's image of the published index, tagged with its local name.
     """
     from docker.errors import DockerException
 
@@ -347,7 +400,7 @@ def published_if_current(
     from .distribution import PRESENT
     from .registry import Unauthorized, api_host, labels, lookup
 
-    reference = settings.reference(backend)
+    reference = local_reference(settings, backend, platform)
     creds = credentials(settings.registry)
     api = RegistryAPI(api_host(settings.registry), creds)
     name = f"{settings.owner}/{backend.image}"
@@ -379,12 +432,17 @@ def published_if_current(
     repository = settings.repository(backend)
     try:
         image = client.images.pull(
-            f"{repository}@{found.digest}", auth_config=creds.auth_config() if creds else None
+            f"{repository}@{found.digest}",
+            auth_config=creds.auth_config() if creds else None,
+            **({"platform": str(platform)} if platform else {}),
         )
     except DockerException as error:
         log.info(f"cannot pull {reference} ({first_line(error)}); building it instead")
         return None
-    client.api.tag(image.id, repository, tag=LATEST)
+    if platform is not None and platform.architecture != image.attrs.get("Architecture"):
+        log.info(f"{reference}: the published image has no {platform} entry; building it")
+        return None
+    client.api.tag(image.id, repository, tag=reference.rpartition(":")[2])
     log.info(
         f"pulled the published {reference} ({found.digest[:19]}), current: built from "
         f"{revision[:12]}, its ci/ folders unchanged since"
@@ -401,11 +459,14 @@ def build_with_parents(
     built: dict[str, str],
     build_parents: bool = True,
     reuse_published: bool = False,
+    platform: Platform | None = None,
     **options,
 ) -> str:
     """Build `backend` on the parent image this run just built or has locally.
 
     `built` remembers IDs within one run, so `nox -t build` builds base once.
+    `platform` (None: the engine's default, named as amd64) applies to the
+    parents too; an image of another architecture is never reused for it.
     With `reuse_published`, a published image that is current for this
     checkout (see published_if_current) is pulled instead of built: the
     image itself when it is, else its nearest current parents, so a pull
@@ -414,7 +475,7 @@ def build_with_parents(
     chain = [*ancestors(backends, backend.name), backend]
     folders = tuple(item.folder for item in chain)
     if reuse_published and backend.name not in built:
-        pulled = published_if_current(client, settings, backend, folders)
+        pulled = published_if_current(client, settings, backend, folders, platform)
         if pulled is not None:
             built[backend.name] = pulled
             return pulled
@@ -425,13 +486,14 @@ def build_with_parents(
             parent_id = built[item.name]
             continue
         if reuse_published and not mine:
-            pulled = published_if_current(client, settings, item, folders[: index + 1])
+            pulled = published_if_current(client, settings, item, folders[: index + 1], platform)
             if pulled is not None:
                 parent_id = built[item.name] = pulled
                 continue
         if not (mine or build_parents):
-            parent_id = require_image(client, settings, item)
-            log.info(f"using local {settings.reference(item)} ({parent_id[:19]})")
+            parent_id = require_image(client, settings, item, platform)
+            check_platform(client, parent_id, local_reference(settings, item, platform), platform)
+            log.info(f"using local {local_reference(settings, item, platform)} ({parent_id[:19]})")
             continue
         # How to build (network, cache) applies to parents; what to build does not.
         how = (
@@ -444,10 +506,11 @@ def build_with_parents(
             client,
             settings,
             item,
-            parent_id=parent_id or external_image(client, item),
+            parent_id=parent_id or external_image(client, item, platform),
             parent_folders=folders[:index],
+            platform=platform,
             root_id=(
-                external_image(client, root)
+                external_image(client, root, platform)
                 if item is not root and ROOT_ARG in declared_args(item.dockerfile)
                 else None
             ),

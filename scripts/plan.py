@@ -5,13 +5,21 @@
     images=["base","hadoop","pbs","slurm"]
     backends=["hadoop","pbs","slurm"]
     advisory=["hadoop"]
+    architectures=["amd64","arm64"]
+    platform_options=["--platform=linux/amd64","--platform=linux/arm64"]
 
 `images` are built and published (parents first), `backends` run
 dask-gateway's tests, `advisory` are the backends whose failure holds back
-nothing (`blocking = false`). The date is taken once, so a run that crosses
-midnight UTC gives every image the same dated tag. DASK_GATEWAY_CI_BACKENDS
-(names separated by commas or spaces) narrows a run to those backends and
-their parents, e.g. for a local run of a workflow.
+nothing (`blocking = false`). `architectures` are the legs of each image
+job (amd64 on ubuntu-24.04, arm64 on ubuntu-24.04-arm), and
+`platform_options` what publish passes to push and tag-dated: an index of
+every architecture, or nothing when amd64 is the only one (the tags then
+hold the amd64 image itself, as they always have). The date is taken once,
+so a run that crosses midnight UTC gives every image the same dated tag.
+DASK_GATEWAY_CI_BACKENDS (names separated by commas or spaces) narrows a
+run to those backends and their parents, DASK_GATEWAY_CI_ARCHITECTURES to
+those architectures (amd64 always stays: upstream pulls it), e.g. for a
+local run of a workflow.
 """
 
 from __future__ import annotations
@@ -23,8 +31,10 @@ from datetime import UTC, datetime
 
 from .backends import Backend, ancestors
 from .errors import UserError
+from .platforms import PLAIN, SUPPORTED
 
 SELECTION_VARIABLE = "DASK_GATEWAY_CI_BACKENDS"
+ARCHITECTURES_VARIABLE = "DASK_GATEWAY_CI_ARCHITECTURES"
 
 
 def selected(backends: dict[str, Backend], environ: dict[str, str] | None = None) -> list[str]:
@@ -43,9 +53,28 @@ def selected(backends: dict[str, Backend], environ: dict[str, str] | None = None
     return [name for name in backends if name in wanted]
 
 
+def architectures(environ: dict[str, str] | None = None) -> list[str]:
+    """The architectures of this run (every supported one by default), amd64 first."""
+    environ = os.environ if environ is None else environ
+    names = [n for n in re.split(r"[,\s]+", environ.get(ARCHITECTURES_VARIABLE, "")) if n]
+    unknown = [n for n in names if n not in SUPPORTED]
+    if unknown:
+        raise UserError(
+            f"{ARCHITECTURES_VARIABLE}: unknown architecture '{unknown[0]}'; choose from: "
+            f"{', '.join(SUPPORTED)}"
+        )
+    if names and PLAIN not in names:
+        raise UserError(
+            f"{ARCHITECTURES_VARIABLE}: {PLAIN} cannot be left out (the published tags' "
+            f"{PLAIN} image is what upstream pulls)"
+        )
+    return [a for a in SUPPORTED if not names or a in names]
+
+
 def plan(backends: dict[str, Backend], environ: dict[str, str] | None = None) -> dict[str, str]:
     """The outputs of a plan job: each value one line (JSON lists for matrices)."""
     images = selected(backends, environ)
+    legs = architectures(environ)
     services = [n for n in images if backends[n].runs_services]
     return {
         "date": datetime.now(UTC).date().isoformat(),
@@ -53,6 +82,11 @@ def plan(backends: dict[str, Backend], environ: dict[str, str] | None = None) ->
         "backends": json.dumps(services, separators=(",", ":")),
         "advisory": json.dumps(
             [n for n in images if not backends[n].blocking], separators=(",", ":")
+        ),
+        "architectures": json.dumps(legs, separators=(",", ":")),
+        "platform_options": json.dumps(
+            [f"--platform=linux/{a}" for a in legs] if len(legs) > 1 else [],
+            separators=(",", ":"),
         ),
     }
 

@@ -12,8 +12,16 @@ the same image) for *all* of them, so one dated tag names one consistent set.
 A tag the registry would not show us is not free: we refuse rather than risk
 replacing it.
 
+Several architectures (`--platform linux/amd64 --platform linux/arm64`):
+each image is pushed under its architecture's tag (`latest-arm64`,
+`2026-11-27-arm64`), then the tag itself as one index of them (index.py),
+only once every architecture passed the verify gate; the index's amd64
+entry is what a plain amd64 `docker pull` gets. Without --platform, the one
+local image is the tag, and it must be amd64: an arm64 image alone under
+`latest` would break every amd64 pull.
+
 Only an image ID that passed `verify` on this machine is published
-(--allow-unverified skips that on purpose). Credentials come from the
+(--allow-unverified skips that on purpose), for each architecture. Credentials come from the
 environment (see credentials.py) or else from the Docker config; look-ups go
 to the registry's own API (distribution.py), pushes through the engine.
 """
@@ -23,12 +31,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 
-from . import log, provenance, state, summary
+from . import index, log, provenance, state, summary
 from .backends import Backend
 from .credentials import Credentials, credentials, describe
 from .distribution import ABSENT, PRESENT, UNKNOWN, Lookup, RegistryAPI
 from .errors import UserError
-from .images import image_labels, image_sizes, require_image
+from .images import image_labels, image_sizes, local_reference, require_image
+from .platforms import PLAIN, Platform
 from .provenance import BACKEND_LABEL, LABEL_PREFIX
 from .registry import (
     api_host,
@@ -115,19 +124,34 @@ def push_tags(backend: Backend, tags: list[str] | tuple[str, ...]) -> list[str]:
 class Target:
     """One image to publish: where it goes, what it is here, how to ask the registry."""
 
-    def __init__(self, client, settings: Settings, backend: Backend):
+    def __init__(
+        self, client, settings: Settings, backend: Backend, platform: Platform | None = None
+    ):
         self.client = client
         self.settings = settings
         self.backend = backend
+        self.platform = platform
         self.repository = settings.repository(backend)
         self.name = f"{settings.owner}/{backend.image}"  # the path inside the registry
         self.creds: Credentials | None = credentials(settings.registry)
         self.api = RegistryAPI(api_host(settings.registry), self.creds)
-        self.image = require_image(client, settings, backend)
+        self.local = local_reference(settings, backend, platform)
+        self.image = require_image(client, settings, backend, platform)
         self.identities = local_identities(client, self.image, self.repository)
+        self.architecture = client.api.inspect_image(self.image).get("Architecture") or ""
+        if platform is not None and self.architecture != platform.architecture:
+            raise UserError(
+                f"{self.local} ({self.image[:19]}) is an {self.architecture} image, not "
+                f"{platform.architecture}; build it with `nox -s build-{backend.name} -- "
+                f"--platform {platform}`"
+            )
 
     def reference(self, tag: str) -> str:
         return f"{self.repository}:{tag}"
+
+    def arch_tag(self, tag: str) -> str:
+        """Where this architecture's image goes when `tag` is an index: `latest-arm64`."""
+        return f"{tag}-{self.platform.architecture}" if self.platform else tag
 
     def lookup(self, tag: str) -> Lookup:
         return authorized(self.settings.registry, self.creds, lookup, self.api, self.name, tag)
@@ -136,10 +160,29 @@ class Target:
         return authorized(self.settings.registry, self.creds, labels, self.api, self.name, tag)
 
 
+def targets_of(
+    client, settings: Settings, backend: Backend, platforms: list[Platform] | tuple = ()
+) -> list[Target]:
+    """One Target per architecture (--platform), or the one plain local image.
+
+    Raises UserError for a plain image that is not amd64 (see the docstring).
+    """
+    if platforms:
+        return [Target(client, settings, backend, p) for p in dict.fromkeys(platforms)]
+    target = Target(client, settings, backend)
+    if target.architecture not in ("", PLAIN):
+        raise UserError(
+            f"{target.local} is an {target.architecture} image: alone under a published tag it "
+            f"would replace the {PLAIN} image every {PLAIN} pull gets; publish an index of "
+            f"both with --platform linux/{PLAIN} --platform linux/{target.architecture}"
+        )
+    return [target]
+
+
 def _gate(target: Target, allow_unverified: bool) -> str:
     """The verify gate: say how the image was checked, or refuse it."""
     record = state.verification(target.image)
-    reference = target.reference(LATEST)
+    reference = target.local
     if record is not None:
         return f"verified {record.get('verified_at', '')}".strip()
     if allow_unverified:
@@ -148,10 +191,11 @@ def _gate(target: Target, allow_unverified: bool) -> str:
             "publishing it anyway because of --allow-unverified"
         )
         return "NOT verified (--allow-unverified)"
+    how = f" -- --platform {target.platform}" if target.platform else ""
     raise UserError(
         f"{reference} ({target.image[:19]}) has not passed verify on this machine; run "
-        f"`nox -s verify-{target.backend.name}` first, or pass --allow-unverified to publish "
-        "it anyway"
+        f"`nox -s verify-{target.backend.name}{how}` first, or pass --allow-unverified to "
+        "publish it anyway"
     )
 
 
@@ -184,7 +228,7 @@ def _only_forward(target: Target, tag: str) -> None:
     )
 
 
-def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> None:
+def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> str:
     reference = target.reference(tag)
     client = target.client
     client.api.tag(target.image, target.repository, tag=tag)
@@ -207,6 +251,7 @@ def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> None:
     summary.record_image(
         reference, tags=[tag], digest=stream.digest, size=sizes.unpacked, result=result
     )
+    return stream.digest
 
 
 def _dry_run(target: Target, tag: str, gate: str, policy: str) -> None:
@@ -243,26 +288,82 @@ def push_image(
     tags: list[str] | tuple[str, ...] = (),
     dry_run: bool = False,
     allow_unverified: bool = False,
+    platforms: list[Platform] | tuple = (),
 ) -> None:
     """Push :latest and every extra tag of a verified image, skipping what is there.
+
+    With `platforms`, each tag is an index of those architectures' images.
 
     Raises UserError (unverified, refused credentials, a tag holding a newer
     build) and StepFailed (the registry still failing after retries).
     """
     chosen = push_tags(backend, tags)
-    target = Target(client, settings, backend)
-    gate = _gate(target, allow_unverified)
+    targets = targets_of(client, settings, backend, platforms)
+    # Every architecture passes the gate before anything is pushed.
+    gates = [_gate(target, allow_unverified) for target in targets]
     for tag in chosen:
         if dry_run:
-            _dry_run(target, tag, gate, "replacing an older build it holds")
+            for target, gate in zip(targets, gates, strict=True):
+                _dry_run(target, target.arch_tag(tag), gate, "replacing an older build it holds")
+            if platforms:
+                _dry_run_index(targets, tag)
             continue
-        found = target.lookup(tag)
-        if found.holds_any(target.identities):
-            _already(target, tag, found)
+        first = _amd64_first(targets)
+        found = first.lookup(tag)
+        if all(found.holds_any(target.identities) for target in targets):
+            _already(first, tag, found)
             continue
         if found.state != ABSENT:
-            _only_forward(target, tag)
-        _push(target, tag, gate)
+            _only_forward(first, tag)
+        if not platforms:
+            _push(first, tag, gate=gates[0])
+            continue
+        digests = [
+            _push_architecture(target, target.arch_tag(tag), gate, moving=True)
+            for target, gate in zip(targets, gates, strict=True)
+        ]
+        _push_index(targets, tag, digests)
+
+
+def _amd64_first(targets: list[Target]) -> Target:
+    """The target whose labels the registry reports for an index (its amd64 entry)."""
+    return next((t for t in targets if t.architecture == PLAIN), targets[0])
+
+
+def _push_architecture(target: Target, tag: str, gate: str, *, moving: bool) -> str:
+    """One architecture's image under its own tag; the manifest digest it has there.
+
+    A dated architecture tag (not `moving`) holding another image is refused."""
+    found = target.lookup(tag)
+    if found.holds_any(target.identities):
+        _already(target, tag, found)
+        return str(found.digest)
+    if found.state == PRESENT and not moving:
+        _refuse_clash(target, tag, found)
+    return _push(target, tag, gate)
+
+
+def _push_index(targets: list[Target], tag: str, digests: list[str]) -> None:
+    first = targets[0]
+    reference = first.reference(tag)
+    pushed = authorized(
+        first.settings.registry,
+        first.creds,
+        index.push_index,
+        first.repository,
+        tag,
+        digests,
+        first.creds,
+    )
+    architectures = ", ".join(t.architecture for t in targets)
+    log.info(f"pushed {reference}: {pushed} (index of {architectures})")
+    summary.record_image(reference, tags=[tag], digest=pushed, result=f"index ({architectures})")
+
+
+def _dry_run_index(targets: list[Target], tag: str) -> None:
+    reference = targets[0].reference(tag)
+    entries = ", ".join(t.reference(t.arch_tag(tag)) for t in targets)
+    log.info(f"dry run: would push {reference} as an index of {entries}")
 
 
 def dated_tag_for(
@@ -273,6 +374,7 @@ def dated_tag_for(
     day: str | None,
     suffix: str,
     force_date: bool = False,
+    platforms: list[Platform] | tuple = (),
 ) -> str:
     """The one dated tag every image of `backends` is published as (see the docstring).
 
@@ -280,7 +382,7 @@ def dated_tag_for(
     another image, or when the registry would not say what a tag holds.
     """
     candidates = dated_candidates(day, suffix, force_date=force_date)
-    targets = [Target(client, settings, backend) for backend in backends]
+    targets = [t for backend in backends for t in targets_of(client, settings, backend, platforms)]
     clashes: list[tuple[Target, str, Lookup]] = []
     for tag in candidates:
         clash = None
@@ -333,19 +435,28 @@ def tag_dated_image(
     tag: str,
     dry_run: bool = False,
     allow_unverified: bool = False,
+    platforms: list[Platform] | tuple = (),
 ) -> None:
     """Push the verified image as the dated `tag` (from dated_tag_for), never replacing one.
 
-    Raises UserError (unverified, refused credentials, the tag holding other
-    content or unreadable) and StepFailed (the registry still failing).
+    With `platforms`, the tag is an index of those architectures' images,
+    each pushed first under its own dated tag (`DATE-arm64`, never replaced
+    either). Raises UserError (unverified, refused credentials, the tag
+    holding other content or unreadable) and StepFailed (the registry still
+    failing).
     """
-    target = Target(client, settings, backend)
-    gate = _gate(target, allow_unverified)
+    targets = targets_of(client, settings, backend, platforms)
+    gates = [_gate(t, allow_unverified) for t in targets]
+    target, gate = targets[0], gates[0]
     if dry_run:
-        _dry_run(target, tag, gate, "never replacing another image")
+        for each, each_gate in zip(targets, gates, strict=True):
+            _dry_run(each, each.arch_tag(tag), each_gate, "never replacing another image")
+        if platforms:
+            _dry_run_index(targets, tag)
         return
+    target = _amd64_first(targets)
     found = target.lookup(tag)
-    if found.holds_any(target.identities):
+    if all(found.holds_any(t.identities) for t in targets):
         _already(target, tag, found)
         return
     if found.state == UNKNOWN:
@@ -355,7 +466,14 @@ def tag_dated_image(
         )
     if found.state == PRESENT:
         _refuse_clash(target, tag, found)
-    _push(target, tag, gate)
+    if not platforms:
+        _push(target, tag, gate)
+        return
+    digests = [
+        _push_architecture(each, each.arch_tag(tag), each_gate, moving=False)
+        for each, each_gate in zip(targets, gates, strict=True)
+    ]
+    _push_index(targets, tag, digests)
 
 
 def tag_dated(
@@ -368,6 +486,7 @@ def tag_dated(
     force_date: bool = False,
     dry_run: bool = False,
     allow_unverified: bool = False,
+    platforms: list[Platform] | tuple = (),
 ) -> str:
     """Choose one dated tag for `backends` and publish each as it; returns the tag."""
     if dry_run:
@@ -376,7 +495,13 @@ def tag_dated(
             log.info(f"dry run: {AUTO} would take {tag} or the next suffix free for every image")
     else:
         tag = dated_tag_for(
-            client, settings, backends, day=day, suffix=suffix, force_date=force_date
+            client,
+            settings,
+            backends,
+            day=day,
+            suffix=suffix,
+            force_date=force_date,
+            platforms=platforms,
         )
     for backend in backends:
         tag_dated_image(
@@ -386,5 +511,6 @@ def tag_dated(
             tag=tag,
             dry_run=dry_run,
             allow_unverified=allow_unverified,
+            platforms=platforms,
         )
     return tag

@@ -21,6 +21,7 @@ from . import (
     debian,
     log,
     plan,
+    platforms,
     ports,
     publish,
     signals,
@@ -36,6 +37,7 @@ from .images import (
     check_build_options,
     image_sizes,
     load_archive,
+    local_reference,
     require_image,
     save_archive,
 )
@@ -55,6 +57,11 @@ CONSUMER_OPTION = option(
 PORTS_OPTION = option(
     "--ports", help=f"none, or +N to move the host ports (default ${ports.PORTS_VARIABLE})"
 )
+PLATFORM_OPTION = option(
+    "--platform",
+    help="linux/amd64 or linux/arm64 (default: the engine's own); another architecture runs "
+    "under emulation, its local tag is :latest-ARCH",
+)
 PUBLISH_OPTIONS = (
     option(
         "--load",
@@ -63,6 +70,14 @@ PUBLISH_OPTIONS = (
     ),
     option("--dry-run", action="store_true", help="say what would be pushed; touch nothing"),
     option("--allow-unverified", action="store_true", help="publish without a passed verify"),
+    option(
+        "--platform",
+        action="append",
+        default=[],
+        dest="platforms",
+        help="publish each tag as an index of these architectures' images (repeat it: "
+        "--platform linux/amd64 --platform linux/arm64)",
+    ),
 )
 
 
@@ -90,10 +105,12 @@ PUBLISH_OPTIONS = (
             action="store_true",
             help="pull the published image instead when it was built from these ci/ folders",
         ),
+        PLATFORM_OPTION,
     ),
 )
 def build(ctx: Context, backend: Backend) -> None:
     o = ctx.options
+    platform = _platform(ctx)
     build_args = dict(_key_value(item) for item in o.build_arg)
     check_build_options(backend, build_args=build_args, target=o.target, save=o.save)
     if o.target and (o.save or o.pull_if_current):
@@ -102,7 +119,7 @@ def build(ctx: Context, backend: Backend) -> None:
         if backend.parent is None:
             raise UserError(f"--load-parent: {backend.name} has no parent to load")
         parent = ctx.backends[backend.parent]
-        load_archive(ctx.client, o.load_parent, ctx.settings.reference(parent))
+        load_archive(ctx.client, o.load_parent, local_reference(ctx.settings, parent, platform))
     build_with_parents(
         ctx.client,
         ctx.settings,
@@ -111,25 +128,28 @@ def build(ctx: Context, backend: Backend) -> None:
         built=ctx.built,
         build_parents=not (o.no_parent_build or o.load_parent),
         reuse_published=o.pull_if_current,
+        platform=platform,
         build_args=build_args,
         target=o.target,
         network_mode=o.network,
         nocache=o.no_cache,
     )
     if o.save:
-        save_archive(ctx.client, ctx.settings.reference(backend), o.save)
+        save_archive(ctx.client, local_reference(ctx.settings, backend, platform), o.save)
 
 
 @step(
     "verify",
     "Check the {backend} image against the contract in a throwaway container",
     scope=IMAGE,
+    options=(PLATFORM_OPTION,),
 )
 def verify(ctx: Context, backend: Backend) -> None:
     state.check_writable()
     containers.ready_timeout(backend)  # a bad override fails before anything starts
-    image = require_image(ctx.client, ctx.settings, backend)
-    reference = ctx.settings.reference(backend)
+    platform = _platform(ctx)
+    image = require_image(ctx.client, ctx.settings, backend, platform)
+    reference = local_reference(ctx.settings, backend, platform)
     started = time.monotonic()
     # No host ports: the checks run inside, and a started container may hold them.
     container = containers.start(
@@ -168,18 +188,33 @@ def _load_for_publishing(ctx: Context, selected: list[Backend]) -> list[Backend]
     if not path:
         return selected
     folder = Path(path)
+    # One archive per architecture: BACKEND.tar (amd64), BACKEND-arm64.tar.
+    chosen_platforms = _publish_platforms(ctx) or [None]
     if not folder.is_dir():
-        if len(selected) != 1:
-            raise UserError(f"--load {path}: give a folder of BACKEND.tar for several images")
-        load_archive(ctx.client, path, ctx.settings.reference(selected[0]))
+        if len(selected) != 1 or len(chosen_platforms) != 1:
+            raise UserError(
+                f"--load {path}: give a folder of BACKEND.tar (BACKEND-ARCH.tar) for several "
+                "images or architectures"
+            )
+        load_archive(
+            ctx.client, path, local_reference(ctx.settings, selected[0], chosen_platforms[0])
+        )
         return selected
     chosen = []
     for backend in selected:
-        archive = folder / f"{backend.name}.tar"
-        if archive.is_file():
-            load_archive(ctx.client, str(archive), ctx.settings.reference(backend))
+        archives = [
+            (folder / f"{backend.name}{p.suffix if p else ''}.tar", p) for p in chosen_platforms
+        ]
+        missing = [archive for archive, _ in archives if not archive.is_file()]
+        if not missing:
+            for archive, platform in archives:
+                load_archive(
+                    ctx.client, str(archive), local_reference(ctx.settings, backend, platform)
+                )
             chosen.append(backend)
-        elif not backend.blocking:
+            continue
+        archive = missing[0]
+        if not backend.blocking:
             log.warn(
                 f"{backend.name} is not published: no {archive} (its job failed or did not run; "
                 f"{backend.name} does not block publishing)"
@@ -187,6 +222,11 @@ def _load_for_publishing(ctx: Context, selected: list[Backend]) -> list[Backend]
         else:
             raise UserError(f"--load {path}: no {archive.name} there for {backend.name}")
     return chosen
+
+
+def _publish_platforms(ctx: Context) -> list[platforms.Platform]:
+    """--platform of push and tag-dated, checked, in the order given, each once."""
+    return list(dict.fromkeys(platforms.parse(p) for p in ctx.options.platforms))
 
 
 def _prepare_push(ctx: Context, selected: list[Backend]) -> list[Backend]:
@@ -214,6 +254,7 @@ def push(ctx: Context, backend: Backend) -> None:
         tags=o.tags,
         dry_run=o.dry_run,
         allow_unverified=o.allow_unverified,
+        platforms=_publish_platforms(ctx),
     )
 
 
@@ -233,6 +274,7 @@ def _prepare_tag_dated(ctx: Context, selected: list[Backend]) -> list[Backend]:
             day=o.date,
             suffix=o.suffix,
             force_date=o.force_date,
+            platforms=_publish_platforms(ctx),
         )
         log.info(f"dated tag of this run: {ctx.dated_tag} ({', '.join(b.name for b in chosen)})")
     return chosen
@@ -263,6 +305,7 @@ def tag_dated(ctx: Context, backend: Backend) -> None:
         tag=ctx.dated_tag,
         dry_run=o.dry_run,
         allow_unverified=o.allow_unverified,
+        platforms=_publish_platforms(ctx),
     )
 
 
@@ -277,6 +320,7 @@ def tag_dated(ctx: Context, backend: Backend) -> None:
         SOURCE_OPTION,
         CONSUMER_OPTION,
         PORTS_OPTION,
+        PLATFORM_OPTION,
         option(
             "--keep",
             action="store_true",
@@ -306,9 +350,10 @@ def start(ctx: Context, backend: Backend) -> None:
         log.info(f"removing the {existing.status} container {name}")
         containers.remove(existing)
     ports.check_free(client, planned, "--ports")
-    image = require_image(client, ctx.settings, backend)
+    platform = _platform(ctx)
+    image = require_image(client, ctx.settings, backend, platform)
     log.info(
-        f"starting {name} from {ctx.settings.reference(backend)}"
+        f"starting {name} from {local_reference(ctx.settings, backend, platform)}"
         + (f" with {source} ({consumer.name}) at {containers.SOURCE_MOUNT}" if source else "")
     )
     try:
@@ -478,7 +523,7 @@ def stop(ctx: Context, backend: Backend) -> None:
     "cycle",
     "Start, install, test the {backend} container; logs on failure; always stop",
     scope=SERVICES,
-    options=(SOURCE_OPTION, CONSUMER_OPTION, PORTS_OPTION),
+    options=(SOURCE_OPTION, CONSUMER_OPTION, PORTS_OPTION, PLATFORM_OPTION),
     passthrough=True,
 )
 def cycle(ctx: Context, backend: Backend) -> None:
@@ -505,6 +550,12 @@ def cycle(ctx: Context, backend: Backend) -> None:
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+def _platform(ctx: Context) -> platforms.Platform | None:
+    """--platform, checked before the engine is asked anything; None when not given."""
+    value = getattr(ctx.options, "platform", None)
+    return platforms.parse(value) if value else None
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -573,12 +624,27 @@ def _use_of(ctx: Context, container, backend: Backend) -> consumers.Use | None:
         option("--suite", help="the Debian release (default: from the tag)"),
         option("--mirror", help="Debian archive URL (default: the host's apt source)"),
         option("--force", action="store_true", help="create it again when it exists"),
+        option(
+            "--arch",
+            help="Debian architecture, e.g. arm64 (default: the host's; another one runs "
+            "under qemu-user-static and is named as Docker's official per-architecture "
+            "image, arm64v8/debian:...)",
+        ),
     ),
 )
 def bootstrap_debian(ctx: Context, _backend: None) -> None:
     o = ctx.options
-    image = o.image or root_of(ctx.backends, next(iter(ctx.backends))).base_image
-    debian.bootstrap(ctx.client, reference=image, suite=o.suite, mirror=o.mirror, force=o.force)
+    platform = platforms.parse(o.arch or debian.host_architecture(), "--arch")
+    declared = root_of(ctx.backends, next(iter(ctx.backends))).base_image
+    image = o.image or platform.external(declared)
+    debian.bootstrap(
+        ctx.client,
+        reference=image,
+        suite=o.suite or debian.suite_of(declared if not o.image else image),
+        mirror=o.mirror,
+        force=o.force,
+        platform=platform,
+    )
 
 
 @step(

@@ -5,7 +5,11 @@
     nox -s workflows -- test --event push --before 0000000000000000000000000000000000000000
 
 Every job runs on this host (`-P ubuntu-24.04=-self-hosted`) with the
-engine DOCKER_HOST names, every `run:` step as written. What GitHub gives a
+engine DOCKER_HOST names, every `run:` step as written. The arm64 legs
+(`ubuntu-24.04-arm`) run on this host too, under emulation where it is not
+arm64 (qemu-user-static with binfmt_misc, see the README's architectures);
+`--architectures amd64` leaves them out of the plan, as emulated builds
+take many minutes. What GitHub gives a
 job and this machine does not have stands in for it:
 
 - ghcr.io: a registry on 127.0.0.1 (local_registry.py), started for the run
@@ -46,7 +50,7 @@ from .local_registry import LocalRegistry, free_port
 from .project import ROOT, STAND_INS
 
 WORKFLOW_DIR = Path(".github") / "workflows"  # in the checkout being run
-PLATFORM = "ubuntu-24.04=-self-hosted"
+RUNNERS = ("ubuntu-24.04=-self-hosted", "ubuntu-24.04-arm=-self-hosted")
 NO_COMMIT = "0" * 40
 USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<action>[\w.-]+/[\w.-]+)@(?P<ref>\S+)", re.M)
 DEFAULT_EVENT = {"images": "push", "test": "pull_request"}
@@ -72,6 +76,7 @@ class Options:
     registry: str | None = None
     registry_dir: Path | None = None
     backends: str | None = None
+    architectures: str | None = None
     dask_gateway: Path | None = None
     job: str | None = None
     run_id: int | None = None
@@ -98,6 +103,9 @@ def parse_options(arguments: list[str], invoked_from: Path) -> Options:
     parser.add_argument("--before", help="push: the previous head (default HEAD~1)")
     parser.add_argument("--base", help="pull_request: the base commit (default main)")
     parser.add_argument("--backends", help="only these backends and their parents")
+    parser.add_argument(
+        "--architectures", help="only these architectures, e.g. amd64 (default: every one)"
+    )
     parser.add_argument("--dask-gateway", help="a git clone standing in for dask/dask-gateway")
     parser.add_argument("--registry", help="HOST:PORT of a registry standing in for ghcr.io")
     parser.add_argument("--registry-dir", help="storage of the registry started for the run")
@@ -120,6 +128,7 @@ def parse_options(arguments: list[str], invoked_from: Path) -> Options:
         registry=given.registry,
         registry_dir=path(given.registry_dir),
         backends=given.backends,
+        architectures=given.architectures,
         dask_gateway=path(given.dask_gateway),
         job=given.job,
         run_id=given.run_id,
@@ -358,14 +367,20 @@ def run(options: Options) -> list[StepResult]:
         }
         if options.backends:
             env["DASK_GATEWAY_CI_BACKENDS"] = options.backends
+        if options.architectures:
+            env["DASK_GATEWAY_CI_ARCHITECTURES"] = options.architectures
         log.add_secret(registry[2])
         command = [
             act,
             options.event,
             "-W",
             str(workflow),
-            "-P",
-            PLATFORM,
+            *(item for runner in RUNNERS for item in ("-P", runner)),
+            # One job at a time: GitHub gives each job a machine of its own, here
+            # they share one engine, and the amd64 and arm64 legs of a backend
+            # would both start its container (one declared name) at once.
+            "--concurrent-jobs",
+            "1",
             "--json",
             "--defaultbranch",
             "main",
@@ -391,6 +406,7 @@ def run(options: Options) -> list[StepResult]:
             f"act {options.event} on {workflow.relative_to(options.repository)} at {head[:12]}, "
             f"run {run_id}, jobs on this host, registry {registry[0]}"
             + (f", backends {options.backends}" if options.backends else "")
+            + (f", architectures {options.architectures}" if options.architectures else "")
         )
         for line in said:
             log.info(f"  {line}")

@@ -87,6 +87,8 @@ def matrix_values(job: dict) -> dict[str, list[str]]:
             values[key] = planned()["backends"]
         elif value == "${{ fromJSON(needs.plan.outputs.images) }}":
             values[key] = planned()["images"]
+        elif value == "${{ fromJSON(needs.plan.outputs.architectures) }}":
+            values[key] = planned()["architectures"]
         else:
             values[key] = list(value)
     return values
@@ -177,9 +179,51 @@ def test_nothing_is_published_before_every_image_ran_its_tests():
     backend = dict(nox_calls(images["backend"]))
     for name in SERVICES:
         assert f"build-{name}" in backend and f"verify-{name}" in backend
-        assert backend[f"cycle-{name}"][:1] == ["--source"]
+        assert backend[f"cycle-{name}"][:3] == ["--platform", "${PLATFORM}", "--source"]
     assert {"build-base", "verify-base"} <= {s for s, _ in nox_calls(images["base"])}
     assert [s for s, _ in nox_calls(images["publish"])] == ["push", "tag-dated"]
+
+
+ARM_RUNNER = "${{ matrix.arch == 'arm64' && 'ubuntu-24.04-arm' || 'ubuntu-24.04' }}"
+
+
+@pytest.mark.parametrize(
+    ("workflow", "job_id"),
+    [("images.yaml", "base"), ("images.yaml", "backend"), ("test.yaml", "backend")],
+)
+def test_every_architecture_runs_natively_with_the_same_steps(workflow, job_id):
+    """One leg per planned architecture, arm64 on GitHub's arm runner; every nox call
+    of the leg is for its platform, so the arm64 image is verified and tested as amd64's."""
+    assert planned()["architectures"] == ["amd64", "arm64"]
+    job = jobs(workflow)[job_id]
+    assert job["strategy"]["matrix"]["arch"] == (
+        "${{ fromJSON(needs.plan.outputs.architectures) }}"
+    )
+    assert job["runs-on"] == ARM_RUNNER
+    assert job["env"]["PLATFORM"] == "linux/${{ matrix.arch }}"
+    calls = nox_calls(job)
+    assert calls
+    for session, args in calls:
+        assert args[:2] == ["--platform", "${PLATFORM}"], (session, args)
+    # Each architecture's archive and artifact has a name of its own.
+    for step in job["steps"]:
+        if "upload-artifact" in step.get("uses", ""):
+            assert step["with"]["name"].endswith("${{ env.SUFFIX }}")
+
+
+def test_the_index_is_published_only_after_every_architecture():
+    images = jobs("images.yaml")
+    # needs: the base and backend jobs, i.e. every leg of their matrices.
+    assert {"base", "backend"} <= set(images["publish"]["needs"])
+    assert images["publish"]["env"]["PLATFORM_OPTIONS"] == (
+        "${{ join(fromJSON(needs.plan.outputs.platform_options), ' ') }}"
+    )
+    assert planned()["platform_options"] == [
+        "--platform=linux/amd64",
+        "--platform=linux/arm64",
+    ]
+    for job_id in ("base", "backend"):
+        assert images[job_id]["strategy"]["fail-fast"] is False  # every leg reports
 
 
 def test_images_check_out_full_history_for_labels_and_the_forward_only_latest():
@@ -198,12 +242,22 @@ def test_base_is_saved_before_anything_is_pushed_and_images_travel_as_files():
     make = next(i for i, t in enumerate(runs(images["base"])) if f'mkdir -p "{folder}"' in t)
     build = next(i for i, t in enumerate(runs(images["base"])) if "build-base" in t)
     assert make < build
-    assert dict(nox_calls(images["base"]))["build-base"] == ["--save", f"{folder}/base.tar"]
+    assert dict(nox_calls(images["base"]))["build-base"] == [
+        "--platform",
+        "${PLATFORM}",
+        "--save",
+        f"{folder}/base${{SUFFIX}}.tar",
+    ]
     for name, args in nox_calls(images["backend"]):
         if name.startswith("build-"):
-            assert args[:2] == ["--load-parent", "${images}/base.tar"]
+            assert args[:4] == [
+                "--platform",
+                "${PLATFORM}",
+                "--load-parent",
+                "${images}/base${SUFFIX}.tar",
+            ]
     for name, args in nox_calls(images["publish"]):
-        assert args[1:3] == ["--load", folder], name
+        assert args[1:4] == ["${PLATFORM_OPTIONS}", "--load", folder], name
     download = next(
         s for s in images["publish"]["steps"] if "download-artifact" in s.get("uses", "")
     )
@@ -253,8 +307,8 @@ def test_pull_requests_pull_current_images_of_their_own_owner():
     assert backend["permissions"] == {"contents": "read", "packages": "read"}
     calls = dict(nox_calls(backend))
     for name in SERVICES:
-        assert calls[f"build-{name}"] == ["--pull-if-current"]
-        assert calls[f"cycle-{name}"][:1] == ["--source"]
+        assert calls[f"build-{name}"] == ["--platform", "${PLATFORM}", "--pull-if-current"]
+        assert calls[f"cycle-{name}"][:3] == ["--platform", "${PLATFORM}", "--source"]
     checkout = [
         step
         for step in backend["steps"]
