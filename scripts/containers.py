@@ -181,6 +181,18 @@ def await_created(client, name: str, timeout: float = 30.0):
     return None
 
 
+def await_started(client, name: str, timeout: float = 10.0):
+    """The container `name` once it has left "created" (another start creates, then
+    starts it), or None when it went away; still "created" after `timeout`, it is
+    returned as it is: a start killed between the two left it."""
+    deadline = time.monotonic() + timeout
+    found = find(client, name)
+    while found is not None and found.status == "created" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = find(client, name)
+    return found
+
+
 def is_running(container, *, settle: bool = False) -> bool:
     """Whether the container runs; `settle` gives a killed one a moment to show it."""
     for _ in range(10 if settle else 1):

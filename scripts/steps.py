@@ -336,6 +336,9 @@ def start(ctx: Context, backend: Backend) -> None:
     planned = ports.plan(backend.ports, ctx.options.ports)
     containers.ready_timeout(backend)  # a bad override fails before anything starts
     existing = containers.find(client, name)
+    if existing is not None and existing.status == "created":
+        # Another start between its create and its start: not a leftover yet.
+        existing = containers.await_started(client, name)
     if existing is not None and existing.status == "running":
         _use_running(existing, backend, source)
         return

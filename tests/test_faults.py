@@ -43,9 +43,16 @@ def wait_for(condition, what: str, timeout: float = 120.0, every: float = 0.05):
 
 
 def running_named(engine, prefix: str):
+    """A running container named PREFIX..., made after this call (not one still going away)."""
+    before = {c.id for c in engine.containers.list(all=True, filters={"name": prefix})}
+
     def look():
         for container in engine.containers.list(filters={"name": prefix}):
-            if container.name.startswith(prefix) and container.status == "running":
+            if (
+                container.name.startswith(prefix)
+                and container.status == "running"
+                and container.id not in before
+            ):
                 return container
         return None
 
@@ -69,9 +76,10 @@ def stopped_by(process: subprocess.Popen, number: int) -> Run:
     ids=["SIGINT", "SIGTERM", "SIGHUP"],
 )
 def test_a_signal_during_start_removes_the_half_started_container(engine, env, clean, number, said):
+    new_container = running_named(engine, SLURM.container_name)
     process = start_nox("-s", "start-slurm", env=env)
     # Its container runs (slurm takes about a second more to be ready): stop nox now.
-    wait_for(running_named(engine, SLURM.container_name), "the container to run")
+    wait_for(new_container, "the container to run")
     run = stopped_by(process, number)
     line = one_line_failure(run)
     assert f"{said}: removed the half-started {SLURM.container_name}" in line, line
@@ -80,8 +88,9 @@ def test_a_signal_during_start_removes_the_half_started_container(engine, env, c
 
 def test_sigterm_during_verify_removes_its_throwaway_container(engine, env, built):
     prefix = f"{SLURM.container_name}-verify-"
+    new_container = running_named(engine, prefix)
     process = start_nox("-s", "verify-slurm", env=env)
-    wait_for(running_named(engine, prefix), "verify's container to run")
+    wait_for(new_container, "verify's container to run")
     run = stopped_by(process, signal.SIGTERM)
     line = one_line_failure(run)
     assert "verify slurm: terminated (SIGTERM)" in line

@@ -207,7 +207,7 @@ def test_images_two_pushes_a_day_then_a_rerun_of_the_first(act, project):
     assert job_results(results) == {
         "plan": "success",
         "base (amd64)": "success",
-        "backend (slurm, amd64)": "success",
+        "backend (amd64, slurm)": "success",
         "publish": "success",
     }
     for line in ("[plan] Plan: ok", "[publish] Push latest: ok", "jobs:"):
@@ -297,7 +297,7 @@ def test_test_workflow_on_pull_requests_and_odd_pushes(act, project):
     for before in (NO_COMMIT, "1234567" * 5 + "89abc"):
         run, results = act("test", "--event", "push", "--before", before, "--job", "backend")
         assert run.returncode == 0, (before, run.output[-4000:])
-        assert job_results(results) == {"plan": "success", "backend (slurm, amd64)": "success"}
+        assert job_results(results) == {"plan": "success", "backend (amd64, slurm)": "success"}
     assert git(project, "rev-parse", "main") == main
 
 
