@@ -30,14 +30,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 
-from common import ROOT, median, nox, table
+from common import median, nox, table
 
 from scripts import containers
 from scripts.backends import load_all
@@ -119,16 +116,7 @@ def lag(client, backend) -> float:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "nox", "-s", f"start-{backend.name}"],
-            cwd=ROOT,
-            env={**os.environ, "NOX_SCRIPT_MODE": "none", **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        if done.returncode != 0:
-            sys.exit(f"nox -s start-{backend.name} failed:\n{done.stdout[-3000:]}")
+        nox("-s", f"start-{backend.name}", env=env)  # exits with its output on failure
         returned_at = time.monotonic()
     finally:
         returned.set()
