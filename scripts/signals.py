@@ -6,6 +6,12 @@ for those ends the process on the spot, leaving a half-started container.
 Inside `interruptible()`, they raise Terminated, a KeyboardInterrupt, so the
 code that removes what Ctrl-C would leave runs for them too.
 
+SIGINT is set to raise KeyboardInterrupt as well, even where the process
+inherited it ignored: a shell without job control starts its `cmd &`
+background jobs with SIGINT ignored (POSIX), which is how CI scripts run
+steps side by side, and Python then leaves it ignored, so Ctrl-C or
+`kill -INT` would do nothing at all.
+
     with interruptible():
         start_the_container()      # SIGTERM here: removed, then one line
 """
@@ -17,6 +23,7 @@ import signal
 from collections.abc import Iterator
 
 HANDLED = (signal.SIGTERM, signal.SIGHUP)
+INTERRUPT = signal.SIGINT
 
 
 class Terminated(KeyboardInterrupt):
@@ -40,11 +47,13 @@ def describe(interrupt: KeyboardInterrupt) -> str:
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise Terminated (main thread only)."""
+    """Within the block, SIGTERM and SIGHUP raise Terminated and SIGINT raises
+    KeyboardInterrupt, whatever the process inherited (main thread only)."""
     previous = {}
     try:
         for number in HANDLED:
             previous[number] = signal.signal(number, _raise)
+        previous[INTERRUPT] = signal.signal(INTERRUPT, signal.default_int_handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return

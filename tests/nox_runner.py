@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # Integration tests publish under their own owner, so they never retag a
 # maintainer's images; the layers are shared, so the builds hit the cache.
 TEST_OWNER = "dask-gateway-ci-itest"
+
+
+# The signals a user or a CI system stops a run with, and the words its
+# closing line uses for each (scripts/signals.describe).
+STOP_SIGNALS = {
+    "SIGINT": (signal.SIGINT, "interrupted"),
+    "SIGTERM": (signal.SIGTERM, "terminated (SIGTERM)"),
+    "SIGHUP": (signal.SIGHUP, "terminated (SIGHUP)"),
+}
 
 
 @dataclass

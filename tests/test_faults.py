@@ -17,7 +17,15 @@ import pytest
 from scripts import containers
 from scripts.backends import load_all
 from tests.conftest import TEST_LABEL, _ours
-from tests.nox_runner import ROOT, Run, aborted_line, fake_checkout, nox, start_nox
+from tests.nox_runner import (
+    ROOT,
+    STOP_SIGNALS,
+    Run,
+    aborted_line,
+    fake_checkout,
+    nox,
+    start_nox,
+)
 
 SLURM = load_all()["slurm"]
 SECRET = "pw-0f1e2d3c4b5a"
@@ -68,12 +76,8 @@ def stopped_by(process: subprocess.Popen, number: int) -> Run:
 
 @pytest.mark.parametrize(
     ("number", "said"),
-    [
-        (signal.SIGINT, "interrupted"),
-        (signal.SIGTERM, "terminated (SIGTERM)"),
-        (signal.SIGHUP, "terminated (SIGHUP)"),
-    ],
-    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+    list(STOP_SIGNALS.values()),
+    ids=list(STOP_SIGNALS),
 )
 def test_a_signal_during_start_removes_the_half_started_container(engine, env, clean, number, said):
     new_container = running_named(engine, SLURM.container_name)
