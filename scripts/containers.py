@@ -171,12 +171,13 @@ def _not_granted(container, asked: list[str]) -> list[str]:
 
 def await_created(client, name: str, timeout: float = 30.0):
     """The container `name` another process is creating (the engine reserves the
-    name before it can be looked up), or None when it does not appear."""
+    name before it can be looked up), once that process has started it too
+    (await_started); None when it does not appear or goes away again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = find(client, name)
-        if found is not None:
-            return found
+        if find(client, name) is not None:
+            # Docker 28 shows it as soon as it is created, before its start.
+            return await_started(client, name)
         time.sleep(0.1)
     return None
 
