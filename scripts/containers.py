@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import shlex
@@ -26,10 +27,13 @@ STARTED_LABEL = "io.github.dask-gateway-ci.started"
 CONSUMER_LABEL = "io.github.dask-gateway-ci.consumer"
 SOURCE_MOUNT = "/working"
 CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
-# Readiness is polled every FIRST_POLL seconds for as long as the services
-# usually take (ready.typical), so a start returns within one poll of being
-# ready; after that, backing off to LAST_POLL: a slow start costs few execs.
+# Readiness is polled every FIRST_POLL seconds, inside the container, for as
+# long as the services usually take (ready.typical), so a start returns
+# within one poll of being ready; after that from outside, backing off to
+# LAST_POLL: a slow start costs few execs.
 FIRST_POLL, LAST_POLL, BACKOFF = 0.1, 1.0, 1.6
+# Seconds between "waiting for ..." lines while a start waits.
+REPORT_EVERY = 10.0
 READY_TIMEOUT_VARIABLE = "DASK_GATEWAY_CI_READY_TIMEOUT"
 # Docker: 409 "Conflict. The container name ... is already in use"; Podman: 500 "... the
 # container name ... is already in use ...".
@@ -279,10 +283,37 @@ def stop_process_group(container, pidfile: str, grace: float = 5.0) -> None:
         api.exec_start(api.exec_create(container.id, ["sh", "-c", script, pidfile])["Id"])
 
 
-def run_check(container, check: Check) -> Result:
+def _bounded(check: Check) -> tuple[str, ...]:
     # coreutils' timeout bounds every check, so a hung command cannot hang us.
-    bounded = ("timeout", "-k", "5", f"{check.timeout:.0f}", *check.command)
-    return execute(container, bounded, user=check.user)
+    return ("timeout", "-k", "5", f"{check.timeout:.0f}", *check.command)
+
+
+def run_check(container, check: Check) -> Result:
+    return execute(container, _bounded(check), user=check.user)
+
+
+# Runs "$@" every $2 seconds until it exits 0 or $1 seconds have passed, then
+# prints its last output and exits with its code.
+_POLL_LOOP = (
+    'end=$(($(date +%s) + $1)); every=$2; shift 2; while :; do out=$("$@" 2>&1); code=$?; '
+    '[ "$code" -eq 0 ] || [ "$(date +%s)" -ge "$end" ] && break; sleep "$every"; done; '
+    'printf "%s\n" "$out"; exit "$code"'
+)
+
+
+def run_check_until(container, check: Check, seconds: float, every: float) -> Result:
+    """The check's command run in the container every `every` seconds until it
+    exits 0 or about `seconds` (whole seconds, at least 1) have passed: its
+    last result, with the output to match.
+
+    One exec for a service that is still coming up instead of one per poll:
+    each `docker exec` costs the engine, containerd and runc a process start,
+    and on a small machine that slowed the services being waited for (slurm's
+    MariaDB came up 0.3 s later with execs every 0.05 s). The loop also sees
+    the service the moment it answers, not at the next poll from outside.
+    """
+    loop = ("sh", "-c", _POLL_LOOP, "sh", f"{max(1, math.ceil(seconds))}", f"{every:g}")
+    return execute(container, (*loop, *_bounded(check)), user=check.user)
 
 
 def telling_line(output: str, exit_code: int) -> str:
@@ -309,20 +340,33 @@ def ready_timeout(backend: Backend) -> float:
 
 
 def wait_ready(container, backend: Backend) -> float:
-    """Poll the declared checks until all pass; fail fast if the container dies."""
+    """Poll the declared checks until all have passed; fail fast if the container dies.
+
+    The checks are steps in the order the services come up, so a poll starts
+    at the first that has not passed yet: a check that passed is not run again
+    (one pass of them all costs a poll interval), and the container is ready
+    the moment the last one passes.
+    """
     started = time.monotonic()
     timeout = ready_timeout(backend)
     deadline = started + timeout
     pending = "(no check run yet)"
     last_report = started
     delay = FIRST_POLL
+    passed = 0  # how many checks, from the first, have passed
     while True:
         ensure_running(container, backend.name)
-        for check in backend.ready_checks:
-            result = run_check(container, check)
+        for check in backend.ready_checks[passed:]:
+            early = backend.ready_typical - (time.monotonic() - started)
+            if early > 0:  # coming up: wait inside the container, polled often
+                wait = min(early, deadline - time.monotonic(), REPORT_EVERY)
+                result = run_check_until(container, check, wait, FIRST_POLL)
+            else:
+                result = run_check(container, check)
             if not check.matches(result.exit_code, result.output):
                 pending = f"{check.name}: {telling_line(result.output, result.exit_code)}"
                 break
+            passed += 1
         else:
             elapsed = time.monotonic() - started
             log.info(f"{backend.name} is ready after {elapsed:.1f}s")
@@ -332,7 +376,7 @@ def wait_ready(container, backend: Backend) -> float:
             raise StepFailed(
                 f"{backend.name} not ready after {timeout:.0f}s; last failing check: {pending}"
             )
-        if now - last_report >= 10:
+        if now - last_report >= REPORT_EVERY:
             log.info(f"waiting for {backend.name} ({now - started:.0f}s): {pending}")
             last_report = now
         time.sleep(delay)

@@ -168,6 +168,24 @@ def test_slurm_ready_means_controller_up_and_a_job_runs():
     assert any(c.command[0] in ("srun", "sbatch") for c in checks), _checks_text(checks)
 
 
+def test_slurm_ready_waits_for_the_node_to_register_before_its_job():
+    # A job sent while the node is UNKNOWN is queued until slurmctld's next
+    # scheduling pass (seconds): the registration check comes first.
+    checks = ALL["slurm"].ready_checks
+    commands = [c.command[0] for c in checks]
+    registered = [c for c in checks if c.command[0] == "sinfo"]
+    assert registered, _checks_text(checks)
+    assert commands.index("sinfo") < commands.index("srun"), _checks_text(checks)
+    check = registered[0]
+    for state in ("idle", "mixed", "allocated"):
+        assert check.matches(0, f"{state}\n"), state
+    for state in ("unknown", "idle*", "down*", "unknown*", "drained"):
+        assert not check.matches(0, f"{state}\n"), state
+    (job,) = [c for c in checks if c.command[0] == "srun"]
+    # Allocated at once or failed (and polled again), never left queued.
+    assert "--immediate" in job.command, job.command
+
+
 def test_pbs_ready_means_the_server_answers_qstat_b():
     checks = ALL["pbs"].ready_checks
     qstat = [c for c in checks if c.command[0].endswith("qstat") and "-B" in c.command]

@@ -1,0 +1,78 @@
+"""containers.wait_ready: which checks each poll runs, and the loop that polls
+inside the container (no engine: the checks are faked, the loop runs in this
+machine's sh)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from scripts import containers
+from scripts.backends import load_all
+from scripts.containers import Result
+
+SLURM = load_all()["slurm"]
+
+
+@pytest.mark.parametrize("typical", [10.0, 0.0], ids=["polled-inside", "polled-from-outside"])
+def test_a_poll_resumes_at_the_first_check_not_yet_passed(monkeypatch, typical):
+    checks = SLURM.ready_checks
+    assert len(checks) >= 3
+    second = checks[1].name
+    failures_left = {second: 3}  # the second check fails on its first three polls
+    ran: list[tuple[str, str]] = []
+
+    def fake(how):
+        def run(_container, check, *_timing):
+            ran.append((how, check.name))
+            if failures_left.get(check.name, 0) > 0:
+                failures_left[check.name] -= 1
+                return Result(1, "not yet")
+            return Result(0, "is UP\nidle\nlinux\n")  # matches every slurm check's expect
+
+        return run
+
+    monkeypatch.setattr(containers, "run_check", fake("outside"))
+    monkeypatch.setattr(containers, "run_check_until", fake("inside"))
+    monkeypatch.setattr(containers, "ensure_running", lambda *_: None)
+    monkeypatch.setattr(containers.time, "sleep", lambda _: None)
+    backend = replace(SLURM, ready_timeout=60, ready_typical=typical)
+
+    containers.wait_ready(object(), backend)
+
+    names = [check.name for check in checks]
+    # The first check passed once and was not run again; the second was polled
+    # until it passed; each later one ran once, in order.
+    assert [name for _, name in ran] == [names[0], second, second, second, second, *names[2:]]
+    assert {how for how, _ in ran} == {"inside" if typical else "outside"}
+
+
+def poll_loop(seconds: str, every: str, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", "-c", containers._POLL_LOOP, "sh", seconds, every, *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_loop_returns_as_soon_as_the_command_succeeds(tmp_path):
+    flag = tmp_path / "up"
+    probe = ("sh", "-c", 'test -e "$0" && echo is UP || { echo is DOWN; exit 1; }', str(flag))
+    threading.Timer(0.5, flag.touch).start()
+    began = time.monotonic()
+    done = poll_loop("20", "0.05", *probe)
+    took = time.monotonic() - began
+    assert done.returncode == 0, done
+    assert done.stdout == "is UP\n"
+    assert took < 10, took  # far before its 20 s: it ended when the command passed
+
+
+def test_the_loop_gives_up_after_its_seconds_with_the_last_output():
+    done = poll_loop("1", "0.05", "sh", "-c", "echo still down; exit 3")
+    assert done.returncode == 3
+    assert done.stdout == "still down\n"
