@@ -15,15 +15,9 @@ from pathlib import Path
 
 from . import capabilities, log, trust
 from .backends import Backend, Check
-from .engine import first_line
-from .errors import StepFailed, UserError
+from .errors import StepFailed, UserError, first_line
+from .labels import CONSUMER_LABEL, STARTED_LABEL
 
-# Set on the containers this tool starts (images carry BACKEND_LABEL, and so
-# does every container made from them, build steps included).
-STARTED_LABEL = "io.github.dask-gateway-ci.started"
-# The consumer of the mounted checkout (consumers/*.toml), chosen at start:
-# install and test, later sessions, run what it declares.
-CONSUMER_LABEL = "io.github.dask-gateway-ci.consumer"
 SOURCE_MOUNT = "/working"
 CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
 # Readiness is polled every FIRST_POLL seconds for as long as the services

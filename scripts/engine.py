@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterator
 
 from . import log
-from .errors import EngineUnavailable, UserError
+from .errors import EngineUnavailable, UserError, first_line
 
 START_HINT = (
     "start it (Debian: `apt-get install -y docker.io && dockerd &`, "
@@ -107,14 +107,6 @@ class LazyClient:
         if self._client is None:
             self._client = connect(self._timeout)
         return getattr(self._client, name)
-
-
-def first_line(error: BaseException) -> str:
-    """An exception as one line: the engine's explanation when there is one."""
-    text = getattr(error, "explanation", None) or str(error) or type(error).__name__
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return " ".join(str(text).split())
 
 
 def explain(error: BaseException) -> str:

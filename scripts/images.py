@@ -21,17 +21,11 @@ from . import debian, log
 from .backends import Backend, ancestors
 from .distribution import RegistryAPI
 from .dockerfile import declared_args, parse, stage_names, stages_of
-from .engine import CONTAINERD, first_line, image_id, image_store
-from .errors import StepFailed, UserError
+from .engine import CONTAINERD, image_id, image_store
+from .errors import StepFailed, UserError, first_line
+from .labels import BACKEND_LABEL, REVISION_LABEL
 from .platforms import PLAIN, Platform
-from .provenance import (
-    BACKEND_LABEL,
-    LABEL_PREFIX,
-    changed_since,
-    has_commit,
-    oci_labels,
-    provenance,
-)
+from .provenance import changed_since, has_commit, oci_labels, provenance
 from .settings import LATEST, Settings
 from .summary import human_size
 
@@ -51,7 +45,6 @@ PARENT_ARG = "BASE_IMAGE"
 # rebuild that stage.
 ROOT_ARG = "DEBIAN_IMAGE"
 SET_BY_THE_BUILD = (PARENT_ARG, ROOT_ARG)
-REVISION_LABEL = f"{LABEL_PREFIX}.revision"
 
 
 @dataclass

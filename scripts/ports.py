@@ -15,8 +15,8 @@ import os
 import re
 import socket
 
-from .containers import STARTED_LABEL
 from .errors import UserError
+from .labels import STARTED_LABEL
 
 PORTS_VARIABLE = "DASK_GATEWAY_CI_PORTS"
 LOOPBACK = "127.0.0.1"

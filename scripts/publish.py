@@ -37,8 +37,8 @@ from .credentials import Credentials, credentials, describe
 from .distribution import ABSENT, PRESENT, UNKNOWN, Lookup, RegistryAPI
 from .errors import UserError
 from .images import image_labels, image_sizes, local_reference, require_image
+from .labels import BACKEND_LABEL, REVISION_LABEL
 from .platforms import PLAIN, Platform
-from .provenance import BACKEND_LABEL, LABEL_PREFIX
 from .registry import (
     api_host,
     authorized,
@@ -56,7 +56,6 @@ DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}(\..*)?$")
 AUTO = "auto"
 MAX_AUTO_SUFFIX = 99
-REVISION_LABEL = f"{LABEL_PREFIX}.revision"
 
 
 def check_tag(tag: str, what: str) -> str:

@@ -17,7 +17,7 @@ from typing import TypeVar
 from . import distribution, log
 from .credentials import Credentials, credential_hint, describe
 from .distribution import Lookup, RegistryAPI
-from .errors import StepFailed, UserError
+from .errors import StepFailed, UserError, first_line
 
 T = TypeVar("T")
 
@@ -113,12 +113,8 @@ def authorized(registry: str, creds: Credentials | None, call: Callable[..., T],
         raise UserError(log.censor(message)) from None
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _engine_failed(what: str, error: Exception) -> StepFailed:
-    reason = _one_line(error) or type(error).__name__
+    reason = first_line(error)
     return StepFailed(log.censor(f"{what}: the Docker engine stopped answering ({reason})"))
 
 
@@ -171,7 +167,7 @@ class PushStream:
     def feed(self, entry: dict) -> None:
         if "error" in entry or "errorDetail" in entry:
             detail = entry.get("errorDetail") or {}
-            self.error = _one_line(entry.get("error") or detail.get("message") or "unknown error")
+            self.error = first_line(entry.get("error") or detail.get("message") or "unknown error")
             return
         aux = entry.get("aux")
         if isinstance(aux, dict) and aux.get("Digest"):
@@ -211,7 +207,7 @@ def push_tag(client, repository: str, tag: str, creds: Credentials | None) -> Pu
             for entry in entries:
                 stream.feed(entry)
         except APIError as error:
-            stream.error = _one_line(error.explanation or error)
+            stream.error = first_line(error)
         except RequestException as error:
             raise _engine_failed(f"push of {reference}", error) from None
         if stream.error is not None:

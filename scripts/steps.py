@@ -30,8 +30,7 @@ from . import (
 )
 from .backends import IMAGE, SERVICES, Backend, ancestors, root_of
 from .cli import PROJECT, STEPS, Context, option, step
-from .engine import first_line
-from .errors import StepFailed, UserError
+from .errors import StepFailed, UserError, first_line
 from .images import (
     build_with_parents,
     check_build_options,
@@ -41,6 +40,7 @@ from .images import (
     require_image,
     save_archive,
 )
+from .labels import CONSUMER_LABEL
 from .settings import LATEST
 
 __all__ = ["STEPS"]  # every step, registered as this module is imported
@@ -367,7 +367,7 @@ def start(ctx: Context, backend: Backend) -> None:
             name=name,
             source=source,
             ports=planned,
-            labels={containers.CONSUMER_LABEL: consumer.name} if consumer else None,
+            labels={CONSUMER_LABEL: consumer.name} if consumer else None,
             wanted=use.wanted_capabilities if use else (),
         )
     except containers.NameTaken:

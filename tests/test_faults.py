@@ -16,6 +16,7 @@ import pytest
 
 from scripts import containers
 from scripts.backends import load_all
+from scripts.labels import STARTED_LABEL
 from tests.conftest import TEST_LABEL, _ours
 from tests.nox_runner import ROOT, Run, aborted_line, fake_checkout, nox, start_nox
 
@@ -135,7 +136,7 @@ def test_start_names_and_replaces_what_an_interrupted_start_left(engine, env, cl
         name=SLURM.container_name,
         entrypoint=[],
         detach=True,
-        labels={containers.STARTED_LABEL: "slurm"},
+        labels={STARTED_LABEL: "slurm"},
     )
     assert left.wait(timeout=60)["StatusCode"] == 3
     run = nox("-s", "start-slurm", env=env)
