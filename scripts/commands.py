@@ -40,7 +40,7 @@ def run_in(container, backend, command, *, user, workdir, step, environment=None
     if not containers.is_running(container, settle=result.exit_code < 0 or result.exit_code > 128):
         raise StepFailed(
             f"the {backend.name} container stopped during {step} (exit code "
-            f"{containers.exit_code(container)}); see `nox -s print-logs -- {backend.name}`, "
+            f"{container.exit_code}); see `nox -s print-logs -- {backend.name}`, "
             f"clean up with `nox -s stop -- {backend.name}`"
         )
     raise StepFailed(f"{step} failed: `{shlex.join(command)}` exited with code {result.exit_code}")

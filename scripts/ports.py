@@ -15,6 +15,7 @@ import os
 import re
 import socket
 
+from .engine import Client, list_containers
 from .errors import UserError
 from .labels import STARTED_LABEL
 
@@ -42,15 +43,6 @@ def plan(declared: tuple[int, ...], option: str | None) -> dict[int, int]:
     return moved
 
 
-def _published_ports(container) -> set[int]:
-    found = set()
-    for bindings in (container.attrs.get("HostConfig", {}).get("PortBindings") or {}).values():
-        for binding in bindings or []:
-            if str(binding.get("HostPort", "")).isdigit():
-                found.add(int(binding["HostPort"]))
-    return found
-
-
 def _engine_is_local() -> bool:
     host = os.environ.get("DOCKER_HOST", "")
     return not host or host.startswith("unix://")
@@ -65,10 +57,10 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def holder(client, port: int) -> str | None:
+def holder(client: Client, port: int) -> str | None:
     """Who holds host port `port`: a container of this engine, another process, or None."""
-    for container in client.containers.list():
-        if port in _published_ports(container):
+    for container in list_containers(client):
+        if port in container.host_ports:
             backend = container.labels.get(STARTED_LABEL)
             owner = f" (our {backend} container)" if backend else ""
             return f"container {container.name}{owner}"
@@ -77,7 +69,7 @@ def holder(client, port: int) -> str | None:
     return None
 
 
-def check_free(client, planned: dict[int, int], option_hint: str) -> None:
+def check_free(client: Client, planned: dict[int, int], option_hint: str) -> None:
     """One line naming the holder and the fix when a planned host port is taken."""
     for container_port, host_port in planned.items():
         taken_by = holder(client, host_port)

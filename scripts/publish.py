@@ -35,6 +35,7 @@ from . import index, log, provenance, state, summary
 from .backends import Backend
 from .credentials import Credentials, credentials, describe
 from .distribution import ABSENT, PRESENT, UNKNOWN, Lookup, RegistryAPI
+from .engine import get_image, tag_image
 from .errors import UserError
 from .images import image_labels, image_sizes, local_reference, require_image
 from .labels import BACKEND_LABEL, REVISION_LABEL
@@ -137,7 +138,7 @@ class Target:
         self.local = local_reference(settings, backend, platform)
         self.image = require_image(client, settings, backend, platform)
         self.identities = local_identities(client, self.image, self.repository)
-        self.architecture = client.api.inspect_image(self.image).get("Architecture") or ""
+        self.architecture = get_image(client, self.image).architecture
         if platform is not None and self.architecture != platform.architecture:
             raise UserError(
                 f"{self.local} ({self.image[:19]}) is an {self.architecture} image, not "
@@ -230,7 +231,7 @@ def _only_forward(target: Target, tag: str) -> None:
 def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> str:
     reference = target.reference(tag)
     client = target.client
-    client.api.tag(target.image, target.repository, tag=tag)
+    tag_image(client, target.image, target.repository, tag=tag)
     with log.group(f"push {reference} ({target.image[:19]})"):
         stream = authorized(
             target.settings.registry,

@@ -17,6 +17,7 @@ from typing import TypeVar
 from . import distribution, log
 from .credentials import Credentials, credential_hint, describe
 from .distribution import Lookup, RegistryAPI
+from .engine import APIError, Client, TransportError, get_image, list_images, push
 from .errors import StepFailed, UserError, first_line
 
 T = TypeVar("T")
@@ -191,24 +192,23 @@ class PushStream:
             log.info(status)
 
 
-def push_tag(client, repository: str, tag: str, creds: Credentials | None) -> PushStream:
-    from docker.errors import APIError
-    from requests.exceptions import RequestException
+def push_tag(client: Client, repository: str, tag: str, creds: Credentials | None) -> PushStream:
+    """Push repository:tag, retried while the registry's failure is transient.
 
+    Raises StepFailed (the push failed, or the engine stopped answering) or
+    UserError (refused credentials).
+    """
     reference = f"{repository}:{tag}"
     auth = creds.auth_config() if creds else None
 
     def attempt() -> PushStream:
         stream = PushStream()
         try:
-            entries = client.api.push(
-                repository, tag=tag, stream=True, decode=True, auth_config=auth
-            )
-            for entry in entries:
+            for entry in push(client, repository, tag, auth):
                 stream.feed(entry)
         except APIError as error:
             stream.error = first_line(error)
-        except RequestException as error:
+        except TransportError as error:
             raise _engine_failed(f"push of {reference}", error) from None
         if stream.error is not None:
             raise classify(f"push of {reference} failed: {stream.error}")
@@ -223,23 +223,23 @@ def _normal(repository: str) -> str:
     return repository.removeprefix("docker.io/").removeprefix("library/")
 
 
-def local_identities(client, image: str, repository: str) -> set[str]:
+def local_identities(client: Client, image: str, repository: str) -> set[str]:
     """Every digest that names this local image: its ID, and what it was pushed as.
 
     The ID is the config digest on the classic store and the manifest digest
     on the containerd store; RepoDigests are the manifests pushed or pulled.
     """
     found = {image}
-    for entry in client.api.inspect_image(image).get("RepoDigests") or []:
+    for entry in get_image(client, image).repo_digests:
         name, _, digest = entry.partition("@")
         if _normal(name) == _normal(repository):
             found.add(digest)
     return found
 
 
-def local_holder(client, repository: str, remote: Lookup) -> str | None:
+def local_holder(client: Client, repository: str, remote: Lookup) -> str | None:
     """The local image that is what `remote` holds, if any."""
-    for image in client.images.list(name=repository):
+    for image in list_images(client, name=repository):
         if remote.holds_any(local_identities(client, image.id, repository)):
             return image.id
     return None

@@ -30,6 +30,7 @@ from . import (
 )
 from .backends import IMAGE, SERVICES, Backend, ancestors, root_of
 from .cli import PROJECT, STEPS, Context, option, step
+from .engine import Disconnected
 from .errors import StepFailed, UserError, first_line
 from .images import (
     build_with_parents,
@@ -347,9 +348,9 @@ def start(ctx: Context, backend: Backend) -> None:
         # (a start the engine's stop or a kill -9 interrupted leaves one).
         with log.group(
             f"{name} is there but {existing.status} (exit code "
-            f"{containers.exit_code(existing)}), left by an earlier start; its last output"
+            f"{existing.exit_code}), left by an earlier start; its last output"
         ):
-            log.write(existing.logs(tail=20).decode(errors="replace"))
+            log.write(existing.logs(tail=20))
         log.info(f"removing the {existing.status} container {name}")
         containers.remove(existing)
     ports.check_free(client, planned, "--ports")
@@ -399,11 +400,7 @@ def start(ctx: Context, backend: Backend) -> None:
     except KeyboardInterrupt as interrupt:
         containers.remove(container)
         raise UserError(f"{signals.describe(interrupt)}: removed the half-started {name}") from None
-    except Exception as error:
-        from requests.exceptions import ConnectionError as Disconnected
-
-        if not isinstance(error, Disconnected):  # the engine stopped or restarted meanwhile
-            raise
+    except Disconnected as error:  # the engine stopped or restarted meanwhile
         raise UserError(
             f"start {backend.name} failed: the Docker engine stopped answering "
             f"({first_line(error)}); once it is back, `nox -s start -- {backend.name}` names "

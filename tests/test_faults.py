@@ -16,6 +16,7 @@ import pytest
 
 from scripts import containers
 from scripts.backends import load_all
+from scripts.engine import Container
 from scripts.labels import STARTED_LABEL
 from tests.conftest import TEST_LABEL, _ours
 from tests.nox_runner import ROOT, Run, aborted_line, fake_checkout, nox, start_nox
@@ -199,7 +200,7 @@ def test_a_relative_source_is_taken_from_where_nox_was_run(engine, env, clean, t
         text=True,
     )
     assert found.returncode == 0, found.stderr
-    mounted = containers.mounted_source(engine.containers.get(SLURM.container_name))
+    mounted = containers.mounted_source(Container(engine.containers.get(SLURM.container_name)))
     assert mounted == str(tmp_path / "checkout")
 
 

@@ -57,3 +57,26 @@ def test_lazy_imports_are_read():
 
 def test_scripts_import_no_circle():
     assert cycles(graph()) == []
+
+
+def test_only_the_engine_module_imports_docker_py():
+    for path in SCRIPTS.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {
+            node.module or ""
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+        } | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        if path.stem != "engine":
+            assert not any(m == "docker" or m.startswith("docker.") for m in modules), path.name
+
+
+def test_only_the_engine_module_reads_docker_pys_raw_attrs():
+    for path in SCRIPTS.glob("*.py"):
+        if path.stem != "engine":
+            assert ".attrs" not in path.read_text(), path.name
