@@ -15,9 +15,10 @@ from .errors import StepFailed, UserError
 from .pytest_report import idle_modules
 
 
-def wait_ready_or_show_logs(container, backend: Backend) -> None:
+def wait_ready_or_show_logs(container, backend: Backend, timeout: float) -> None:
+    """containers.wait_ready; when it fails, the container's logs before the error."""
     try:
-        containers.wait_ready(container, backend)
+        containers.wait_ready(container, backend, timeout)
     except StepFailed:
         containers.print_logs(container, backend)
         raise

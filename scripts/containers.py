@@ -280,7 +280,10 @@ def telling_line(output: str, exit_code: int) -> str:
 
 
 def ready_timeout(backend: Backend) -> float:
-    """The declared ready.timeout, or $DASK_GATEWAY_CI_READY_TIMEOUT (slow machines, tests)."""
+    """The declared ready.timeout, or $DASK_GATEWAY_CI_READY_TIMEOUT (slow machines, tests).
+
+    Raises UserError when the override is not a number of seconds > 0.
+    """
     value = os.environ.get(READY_TIMEOUT_VARIABLE, "").strip()
     if not value:
         return backend.ready_timeout
@@ -293,10 +296,12 @@ def ready_timeout(backend: Backend) -> float:
     return seconds
 
 
-def wait_ready(container: Container, backend: Backend) -> float:
-    """Poll the declared checks until all pass; fail fast if the container dies."""
+def wait_ready(container: Container, backend: Backend, timeout: float) -> float:
+    """Poll the declared checks until all pass, at most `timeout` seconds (ready_timeout).
+
+    Raises StepFailed when the time is up or the container dies.
+    """
     started = time.monotonic()
-    timeout = ready_timeout(backend)
     deadline = started + timeout
     pending = "(no check run yet)"
     last_report = started

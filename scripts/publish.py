@@ -370,18 +370,16 @@ def dated_tag_for(
     client,
     settings: Settings,
     backends: list[Backend],
+    candidates: list[str],
     *,
-    day: str | None,
-    suffix: str,
-    force_date: bool = False,
     platforms: list[Platform] | tuple = (),
 ) -> str:
-    """The one dated tag every image of `backends` is published as (see the docstring).
+    """The one dated tag every image of `backends` is published as (see the docstring):
+    the first of `candidates` (from dated_candidates) free for all of them.
 
     Raises UserError when the tag (or, with auto, every candidate) holds
     another image, or when the registry would not say what a tag holds.
     """
-    candidates = dated_candidates(day, suffix, force_date=force_date)
     targets = [t for backend in backends for t in targets_of(client, settings, backend, platforms)]
     clashes: list[tuple[Target, str, Lookup]] = []
     for tag in candidates:
@@ -489,20 +487,13 @@ def tag_dated(
     platforms: list[Platform] | tuple = (),
 ) -> str:
     """Choose one dated tag for `backends` and publish each as it; returns the tag."""
+    candidates = dated_candidates(day, suffix, force_date=force_date)
     if dry_run:
-        tag = dated_candidates(day, suffix, force_date=force_date)[0]
+        tag = candidates[0]
         if suffix == AUTO:
             log.info(f"dry run: {AUTO} would take {tag} or the next suffix free for every image")
     else:
-        tag = dated_tag_for(
-            client,
-            settings,
-            backends,
-            day=day,
-            suffix=suffix,
-            force_date=force_date,
-            platforms=platforms,
-        )
+        tag = dated_tag_for(client, settings, backends, candidates, platforms=platforms)
     for backend in backends:
         tag_dated_image(
             client,

@@ -30,7 +30,7 @@ from . import (
 )
 from .backends import IMAGE, SERVICES, Backend, ancestors, root_of
 from .cli import PROJECT, STEPS, Context, option, step
-from .engine import Disconnected
+from .engine import Container, Disconnected
 from .errors import StepFailed, UserError, first_line
 from .images import (
     build_with_parents,
@@ -147,7 +147,7 @@ def build(ctx: Context, backend: Backend) -> None:
 )
 def verify(ctx: Context, backend: Backend) -> None:
     state.check_writable()
-    containers.ready_timeout(backend)  # a bad override fails before anything starts
+    timeout = containers.ready_timeout(backend)  # a bad override fails before anything starts
     platform = _platform(ctx)
     image = require_image(ctx.client, ctx.settings, backend, platform)
     reference = local_reference(ctx.settings, backend, platform)
@@ -158,7 +158,7 @@ def verify(ctx: Context, backend: Backend) -> None:
     )
     try:
         with log.group(f"verify {reference}"):
-            containers.wait_ready(container, backend)
+            containers.wait_ready(container, backend, timeout)
             containers.run_smoke(container, backend)
     except StepFailed:
         containers.print_logs(container, backend)
@@ -269,13 +269,7 @@ def _prepare_tag_dated(ctx: Context, selected: list[Backend]) -> list[Backend]:
         ctx.dated_tag = candidates[0]
     elif chosen:
         ctx.dated_tag = publish.dated_tag_for(
-            ctx.client,
-            ctx.settings,
-            chosen,
-            day=o.date,
-            suffix=o.suffix,
-            force_date=o.force_date,
-            platforms=_publish_platforms(ctx),
+            ctx.client, ctx.settings, chosen, candidates, platforms=_publish_platforms(ctx)
         )
         log.info(f"dated tag of this run: {ctx.dated_tag} ({', '.join(b.name for b in chosen)})")
     return chosen
@@ -335,13 +329,13 @@ def start(ctx: Context, backend: Backend) -> None:
     consumer = _consumer(ctx, source)
     use = consumer.use(backend) if consumer else None
     planned = ports.plan(backend.ports, ctx.options.ports)
-    containers.ready_timeout(backend)  # a bad override fails before anything starts
+    timeout = containers.ready_timeout(backend)  # a bad override fails before anything starts
     existing = containers.find(client, name)
     if existing is not None and existing.status == "created":
         # Another start between its create and its start: not a leftover yet.
         existing = containers.await_started(client, name)
     if existing is not None and existing.status == "running":
-        _use_running(existing, backend, source)
+        _use_running(existing, backend, source, timeout)
         return
     if existing is not None:
         # Its last words go to the log before it goes: nothing is lost silently
@@ -381,12 +375,12 @@ def start(ctx: Context, backend: Backend) -> None:
                 f"run `nox -s start -- {backend.name}` once more"
             ) from None
         log.info(f"another start of {backend.name} created {name} just now; waiting for it")
-        _use_running(other, backend, source)
+        _use_running(other, backend, source, timeout)
         return
     except KeyboardInterrupt as interrupt:
         raise UserError(f"{signals.describe(interrupt)}: {name} was not started") from None
     try:
-        commands.wait_ready_or_show_logs(container, backend)
+        commands.wait_ready_or_show_logs(container, backend, timeout)
     except StepFailed as error:
         if ctx.options.keep:
             raise StepFailed(
@@ -408,7 +402,9 @@ def start(ctx: Context, backend: Backend) -> None:
         ) from None
 
 
-def _use_running(container, backend: Backend, source: Path | None) -> None:
+def _use_running(
+    container: Container, backend: Backend, source: Path | None, timeout: float
+) -> None:
     """An already running container: the same checkout, and ready."""
     mounted = containers.mounted_source(container)
     if source is not None and mounted != str(source):
@@ -418,7 +414,7 @@ def _use_running(container, backend: Backend, source: Path | None) -> None:
             f"`nox -s stop -- {backend.name}` and start it again"
         )
     log.info(f"{container.name} is already running" + (f" with {mounted}" if mounted else ""))
-    commands.wait_ready_or_show_logs(container, backend)
+    commands.wait_ready_or_show_logs(container, backend, timeout)
 
 
 @step(
