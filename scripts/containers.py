@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import shlex
 import tarfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from .backends import Backend, Check
 from .engine import APIError, Client, Container, NotFound, create_container, get_container
 from .errors import StepFailed, UserError, first_line
 from .labels import CONSUMER_LABEL, STARTED_LABEL
+from .settings import READY_TIMEOUT_VARIABLE
 
 SOURCE_MOUNT = "/working"
 CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
@@ -25,7 +26,6 @@ CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
 # usually take (ready.typical), so a start returns within one poll of being
 # ready; after that, backing off to LAST_POLL: a slow start costs few execs.
 FIRST_POLL, LAST_POLL, BACKOFF = 0.1, 1.0, 1.6
-READY_TIMEOUT_VARIABLE = "DASK_GATEWAY_CI_READY_TIMEOUT"
 # Docker: 409 "Conflict. The container name ... is already in use"; Podman: 500 "... the
 # container name ... is already in use ...".
 NAME_IN_USE = re.compile(r"container name .* is already in use", re.I)
@@ -61,6 +61,7 @@ def start(
     image: str,
     *,
     name: str,
+    forwarded: Mapping[str, str],
     source: Path | None = None,
     ports: dict[int, int] | None = None,
     labels: dict[str, str] | None = None,
@@ -68,7 +69,9 @@ def start(
 ) -> Container:
     """Create and start a container; nothing is left behind when that fails.
 
-    `wanted`: capabilities wanted beside the backend's (its consumer's).
+    `forwarded`: the host's trust and proxy variables (Settings.forwarded,
+    see trust.forwarded). `wanted`: capabilities wanted beside the backend's
+    (its consumer's).
 
     Wanted capabilities are dropped, with a notice, when the engine cannot
     grant them; needed ones are an error naming the capability. Refusals are
@@ -77,7 +80,7 @@ def start(
 
     Raises NameTaken, UserError (a needed capability refused), StepFailed, APIError.
     """
-    volumes, environment = trust.forwarded()
+    volumes, environment = trust.forwarded(forwarded)
     if source is not None:
         volumes[str(source)] = {"bind": SOURCE_MOUNT, "mode": "rw"}
     environment.update(backend.environment)
@@ -279,12 +282,13 @@ def telling_line(output: str, exit_code: int) -> str:
     return lines[-1][:200] if lines else f"exit {exit_code}, no output"
 
 
-def ready_timeout(backend: Backend) -> float:
-    """The declared ready.timeout, or $DASK_GATEWAY_CI_READY_TIMEOUT (slow machines, tests).
+def ready_timeout(backend: Backend, override: str = "") -> float:
+    """The declared ready.timeout, or `override` (Settings.ready_timeout,
+    $DASK_GATEWAY_CI_READY_TIMEOUT: slow machines, tests).
 
     Raises UserError when the override is not a number of seconds > 0.
     """
-    value = os.environ.get(READY_TIMEOUT_VARIABLE, "").strip()
+    value = override.strip()
     if not value:
         return backend.ready_timeout
     try:

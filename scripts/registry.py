@@ -19,11 +19,10 @@ from .credentials import Credentials, credential_hint, describe
 from .distribution import Lookup, RegistryAPI
 from .engine import APIError, Client, TransportError, get_image, list_images, push
 from .errors import StepFailed, UserError, first_line
+from .settings import BACKOFF_VARIABLE, RETRIES_VARIABLE
 
 T = TypeVar("T")
 
-RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"
-BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"
 DEFAULT_RETRIES = 3  # after the first attempt: waits of 1, 2, 4 s
 DEFAULT_BACKOFF = 1.0
 

@@ -10,7 +10,6 @@ UserError, which the noxfile turns into one line.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -42,11 +41,9 @@ from .images import (
     save_archive,
 )
 from .labels import CONSUMER_LABEL
-from .settings import LATEST
+from .settings import LATEST, PORTS_VARIABLE, SOURCE_VARIABLE
 
 __all__ = ["STEPS"]  # every step, registered as this module is imported
-
-SOURCE_VARIABLE = "DASK_GATEWAY_SOURCE"
 
 SOURCE_OPTION = option(
     "--source",
@@ -56,7 +53,7 @@ CONSUMER_OPTION = option(
     "--consumer", help="whose checkout --source is (default: recognised from the checkout)"
 )
 PORTS_OPTION = option(
-    "--ports", help=f"none, or +N to move the host ports (default ${ports.PORTS_VARIABLE})"
+    "--ports", help=f"none, or +N to move the host ports (default ${PORTS_VARIABLE})"
 )
 PLATFORM_OPTION = option(
     "--platform",
@@ -147,14 +144,21 @@ def build(ctx: Context, backend: Backend) -> None:
 )
 def verify(ctx: Context, backend: Backend) -> None:
     state.check_writable()
-    timeout = containers.ready_timeout(backend)  # a bad override fails before anything starts
+    timeout = containers.ready_timeout(
+        backend, ctx.settings.ready_timeout
+    )  # before anything starts
     platform = _platform(ctx)
     image = require_image(ctx.client, ctx.settings, backend, platform)
     reference = local_reference(ctx.settings, backend, platform)
     started = time.monotonic()
     # No host ports: the checks run inside, and a started container may hold them.
     container = containers.start(
-        ctx.client, backend, image, name=containers.throwaway_name(backend), ports={}
+        ctx.client,
+        backend,
+        image,
+        name=containers.throwaway_name(backend),
+        forwarded=ctx.settings.forwarded,
+        ports={},
     )
     try:
         with log.group(f"verify {reference}"):
@@ -325,11 +329,13 @@ def tag_dated(ctx: Context, backend: Backend) -> None:
 )
 def start(ctx: Context, backend: Backend) -> None:
     client, name = ctx.client, backend.container_name
-    source = _source_dir(ctx.options.source, ctx.invoked_from)
+    source = _source_dir(ctx.options.source, ctx.settings.checkout, ctx.invoked_from)
     consumer = _consumer(ctx, source)
     use = consumer.use(backend) if consumer else None
-    planned = ports.plan(backend.ports, ctx.options.ports)
-    timeout = containers.ready_timeout(backend)  # a bad override fails before anything starts
+    planned = ports.plan(backend.ports, ctx.options.ports, ctx.settings.ports)
+    timeout = containers.ready_timeout(
+        backend, ctx.settings.ready_timeout
+    )  # before anything starts
     existing = containers.find(client, name)
     if existing is not None and existing.status == "created":
         # Another start between its create and its start: not a leftover yet.
@@ -347,7 +353,7 @@ def start(ctx: Context, backend: Backend) -> None:
             log.write(existing.logs(tail=20))
         log.info(f"removing the {existing.status} container {name}")
         containers.remove(existing)
-    ports.check_free(client, planned, "--ports")
+    ports.check_free(client, planned, "--ports", ctx.settings.docker_host)
     platform = _platform(ctx)
     image = require_image(client, ctx.settings, backend, platform)
     log.info(
@@ -360,6 +366,7 @@ def start(ctx: Context, backend: Backend) -> None:
             backend,
             image,
             name=name,
+            forwarded=ctx.settings.forwarded,
             source=source,
             ports=planned,
             labels={CONSUMER_LABEL: consumer.name} if consumer else None,
@@ -524,7 +531,8 @@ def stop(ctx: Context, backend: Backend) -> None:
 )
 def cycle(ctx: Context, backend: Backend) -> None:
     # A checkout no consumer declares (or not for this backend) fails before the engine.
-    consumer = _consumer(ctx, _source_dir(ctx.options.source, ctx.invoked_from))
+    source = _source_dir(ctx.options.source, ctx.settings.checkout, ctx.invoked_from)
+    consumer = _consumer(ctx, source)
     if consumer is not None:
         consumer.use(backend)
     existing = containers.find(ctx.client, backend.container_name)
@@ -561,9 +569,10 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
-def _source_dir(option: str | None, invoked_from: Path) -> Path | None:
-    """--source (or $DASK_GATEWAY_SOURCE), taken from where the user ran nox."""
-    value = option or os.environ.get(SOURCE_VARIABLE)
+def _source_dir(option: str | None, configured: str, invoked_from: Path) -> Path | None:
+    """--source, else `configured` (Settings.checkout, $DASK_GATEWAY_SOURCE), taken
+    from where the user ran nox. Raises UserError when it is not a directory."""
+    value = option or configured
     if not value:
         return None
     where = "--source" if option else SOURCE_VARIABLE

@@ -347,7 +347,7 @@ def test_a_needed_capability_the_engine_refuses_is_one_line(
     backend = _tiny_backend("needs-cap", needed_capabilities=("SYS_RESOURCE",))
     name = f"needs-cap-{int(time.time())}"
     if engine_grants(engine, image, "SYS_RESOURCE"):  # then it must simply be granted
-        container = containers.start(engine, backend, image, name=name)
+        container = containers.start(engine, backend, image, name=name, forwarded={})
         try:
             added = engine.containers.get(container.id).attrs["HostConfig"]["CapAdd"]
             assert "SYS_RESOURCE" in str(added)
@@ -355,7 +355,7 @@ def test_a_needed_capability_the_engine_refuses_is_one_line(
             containers.remove(container)
         return
     with pytest.raises(UserError) as raised:
-        containers.start(engine, backend, image, name=name)
+        containers.start(engine, backend, image, name=name, forwarded={})
     assert "this engine cannot grant SYS_RESOURCE, which needs-cap needs" in str(raised.value)
     assert name not in {c.name for c in engine.containers.list(all=True)}
 
@@ -369,7 +369,9 @@ def test_a_wanted_capability_the_engine_refuses_is_a_notice(
     backend = _tiny_backend("wants-cap", wanted_capabilities=("SYS_RESOURCE",))
     granted = engine_grants(engine, image, "SYS_RESOURCE")
     for round_ in ("first", "second"):
-        container = containers.start(engine, backend, image, name=f"wants-cap-{free_port()}")
+        container = containers.start(
+            engine, backend, image, name=f"wants-cap-{free_port()}", forwarded={}
+        )
         try:
             container.reload()
             assert container.status == "running"
