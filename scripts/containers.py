@@ -19,6 +19,7 @@ from .engine import APIError, Client, Container, NotFound, create_container, get
 from .errors import StepFailed, UserError, first_line
 from .labels import CONSUMER_LABEL, STARTED_LABEL
 from .settings import READY_TIMEOUT_VARIABLE
+from .tarballs import folder_archive
 
 SOURCE_MOUNT = "/working"
 CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
@@ -393,22 +394,11 @@ def throwaway_name(backend: Backend) -> str:
 
 def copy_tree(container: Container, source: Path, destination: str) -> None:
     """Copy a folder from the repository into the container, readable by all."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path in sorted(source.rglob("*")):
-            if "__pycache__" in path.parts:
-                continue
-            info = archive.gettarinfo(str(path), arcname=str(path.relative_to(source)))
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mode = 0o755 if path.is_dir() else 0o644
-            if path.is_dir():
-                archive.addfile(info)
-            else:
-                with path.open("rb") as handle:
-                    archive.addfile(info, handle)
+    archive = folder_archive(
+        source, keep_executable=False, skip=lambda path: "__pycache__" in path.parts
+    )
     execute(container, ["mkdir", "-p", destination])
-    if not container.put_archive(destination, buffer.getvalue()):
+    if not container.put_archive(destination, archive.getvalue()):
         raise StepFailed(f"cannot copy {source} into the container")
 
 

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from .platforms import PLAIN, Platform
 from .provenance import changed_since, has_commit, oci_labels, provenance
 from .settings import LATEST, Settings
 from .summary import human_size
+from .tarballs import folder_archive
 
 # The classic builder says "Step 3/19 : RUN ...", Podman (buildah) "STEP 3/19: RUN ...",
 # in a multi-stage build "[2/4] STEP 3/7: RUN ..." (stage 2 of 4);
@@ -220,27 +220,13 @@ def context_archive(
     same image, with the same cache keys, as one made under umask 022.
     With `labels`, the Dockerfile carries them (see with_labels).
     """
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path in [folder, *sorted(folder.rglob("*"))]:
-            info = archive.gettarinfo(str(path), arcname=str(path.relative_to(folder)))
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            if info.isdir() or (info.isfile() and info.mode & 0o111):
-                info.mode = 0o755
-            elif info.isfile():
-                info.mode = 0o644
-            if info.isfile() and labels and info.name == "Dockerfile":
-                data = with_labels(path.read_text(), labels, target).encode()
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-            elif info.isfile():
-                with path.open("rb") as handle:
-                    archive.addfile(info, handle)
-            else:
-                archive.addfile(info)
-    buffer.seek(0)
-    return buffer
+
+    def labelled(name: str, path: Path) -> bytes | None:
+        if labels and name == "Dockerfile":
+            return with_labels(path.read_text(), labels, target).encode()
+        return None
+
+    return folder_archive(folder, include_folder=True, replace=labelled)
 
 
 def run_build(client: Client, context: io.BytesIO, **options) -> BuildStream:
