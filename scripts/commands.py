@@ -1,6 +1,6 @@
 """Commands in a running container, as the steps run them: install and test commands
 streamed, their failures as one line, a test module that ran nothing found in
-pytest's JUnit report, readiness with the logs when it fails.
+pytest's JUnit report.
 """
 
 from __future__ import annotations
@@ -13,15 +13,6 @@ from .backends import Backend
 from .consumers import Use
 from .errors import StepFailed, UserError
 from .pytest_report import idle_modules
-
-
-def wait_ready_or_show_logs(container, backend: Backend, timeout: float) -> None:
-    """containers.wait_ready; when it fails, the container's logs before the error."""
-    try:
-        containers.wait_ready(container, backend, timeout)
-    except StepFailed:
-        containers.print_logs(container, backend)
-        raise
 
 
 def run_in(container, backend, command, *, user, workdir, step, environment=None) -> int:

@@ -335,6 +335,15 @@ def wait_ready(container: Container, backend: Backend, timeout: float) -> float:
             delay = min(LAST_POLL, delay * BACKOFF)
 
 
+def wait_ready_or_show_logs(container: Container, backend: Backend, timeout: float) -> None:
+    """wait_ready; when it fails, the container's logs (print_logs) before the error."""
+    try:
+        wait_ready(container, backend, timeout)
+    except StepFailed:
+        print_logs(container, backend)
+        raise
+
+
 def run_smoke(container: Container, backend: Backend) -> None:
     for check in backend.smoke:
         result = run_check(container, check)

@@ -387,7 +387,7 @@ def start(ctx: Context, backend: Backend) -> None:
     except KeyboardInterrupt as interrupt:
         raise UserError(f"{signals.describe(interrupt)}: {name} was not started") from None
     try:
-        commands.wait_ready_or_show_logs(container, backend, timeout)
+        containers.wait_ready_or_show_logs(container, backend, timeout)
     except StepFailed as error:
         if ctx.options.keep:
             raise StepFailed(
@@ -421,7 +421,7 @@ def _use_running(
             f"`nox -s stop -- {backend.name}` and start it again"
         )
     log.info(f"{container.name} is already running" + (f" with {mounted}" if mounted else ""))
-    commands.wait_ready_or_show_logs(container, backend, timeout)
+    containers.wait_ready_or_show_logs(container, backend, timeout)
 
 
 @step(
