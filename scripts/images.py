@@ -24,6 +24,7 @@ from .engine import (
     CONTAINERD,
     APIError,
     Client,
+    DockerError,
     EngineError,
     NotFound,
     get_image,
@@ -421,7 +422,7 @@ def published_if_current(
             auth_config=creds.auth_config() if creds else None,
             **({"platform": str(platform)} if platform else {}),
         )
-    except EngineError as error:
+    except DockerError as error:  # the engine's answer; a dropped connection still fails
         log.info(f"cannot pull {reference} ({first_line(error)}); building it instead")
         return None
     if platform is not None and platform.architecture != image.architecture:
