@@ -304,10 +304,10 @@ class Container:
         with translated():
             self._raw.remove(force=True, v=True)
 
-    def logs(self, tail: int) -> str:
-        """Its last `tail` lines of output."""
+    def logs(self, tail: int | None = None) -> str:
+        """Its output: the last `tail` lines, or all of it."""
         with translated():
-            return self._raw.logs(tail=tail).decode(errors="replace")
+            return self._raw.logs(tail="all" if tail is None else tail).decode(errors="replace")
 
     def put_archive(self, path: str, data: bytes) -> bool:
         with translated():
