@@ -80,3 +80,14 @@ def test_only_the_engine_module_reads_docker_pys_raw_attrs():
     for path in SCRIPTS.glob("*.py"):
         if path.stem != "engine":
             assert ".attrs" not in path.read_text(), path.name
+
+
+def test_no_arrow_climbs_back_to_the_sessions():
+    """steps is imported by nothing here (the noxfile reads its registry); cli only by the
+    session modules (steps, and workflows for its parser): the helpers never call back up."""
+    edges = graph()
+    assert [name for name, targets in edges.items() if "steps" in targets] == []
+    assert sorted(name for name, targets in edges.items() if "cli" in targets) == [
+        "steps",
+        "workflows",
+    ]
