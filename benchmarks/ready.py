@@ -67,7 +67,9 @@ def passes(container, check) -> bool:
 
 def run_container(client, backend, name: str):
     image = client.images.get(load_settings().reference(backend)).id
-    return containers.start(client, backend, image, name=name, ports={})
+    return containers.start(
+        client, backend, image, name=name, forwarded=load_settings().forwarded, ports={}
+    )
 
 
 def floor(client, backend) -> float:
@@ -87,16 +89,14 @@ def ours(client, backend) -> tuple[float, bool]:
     env = {"DASK_GATEWAY_CI_PORTS": "none"}
     nox("-s", f"stop-{backend.name}", env=env)
     seconds, _ = nox("-s", f"start-{backend.name}", env=env)
-    container = client.containers.get(backend.container_name)
-    ran = job_runs(container, backend.name)
+    container = containers.find(client, backend.container_name)
+    ran = container is not None and job_runs(container, backend.name)
     nox("-s", f"stop-{backend.name}", env=env)
     return seconds, ran
 
 
 def lag(client, backend) -> float:
     """Seconds from the declared checks first passing (seen from outside) to `start` returning."""
-    from docker.errors import NotFound
-
     env = {"DASK_GATEWAY_CI_PORTS": "none"}
     nox("-s", f"stop-{backend.name}", env=env)
     passed_at: list[float] = []
@@ -104,13 +104,12 @@ def lag(client, backend) -> float:
 
     def watch() -> None:
         while not returned.is_set():
-            try:
-                container = client.containers.get(backend.container_name)
-                if all(passes(container, check) for check in backend.ready_checks):
-                    passed_at.append(time.monotonic())
-                    return
-            except NotFound:
-                pass
+            container = containers.find(client, backend.container_name)
+            if container is not None and all(
+                passes(container, check) for check in backend.ready_checks
+            ):
+                passed_at.append(time.monotonic())
+                return
             time.sleep(FAST_POLL)
 
     watcher = threading.Thread(target=watch)
@@ -133,7 +132,7 @@ def upstream(client, backend) -> tuple[float, bool]:
     container = run_container(client, backend, f"bench-upstream-{backend.name}")
     try:
         while time.monotonic() - started < TIMEOUT:
-            logs = container.logs().decode(errors="replace")
+            logs = container.logs()
             if len(re.findall(pattern, logs)) >= count:
                 break
             time.sleep(1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import signals
 from .backends import Backend, load_all, select
-from .engine import LazyClient, engine_errors
+from .engine import Client, LazyClient, engine_errors
 from .errors import UserError
 from .settings import Settings, load_settings
 
@@ -39,7 +39,7 @@ class Context:
     options: argparse.Namespace
     extra: list[str] = field(default_factory=list)
     built: dict[str, str] = field(default_factory=dict)
-    client: object = field(default_factory=LazyClient)
+    client: Client = field(default_factory=LazyClient)
     dated_tag: str = ""  # tag-dated: the one tag of this run, chosen in its prepare
     invoked_from: Path = field(default_factory=Path.cwd)
 

@@ -1,6 +1,6 @@
 """Commands in a running container, as the steps run them: install and test commands
 streamed, their failures as one line, a test module that ran nothing found in
-pytest's JUnit report, readiness with the logs when it fails.
+pytest's JUnit report.
 """
 
 from __future__ import annotations
@@ -13,14 +13,6 @@ from .backends import Backend
 from .consumers import Use
 from .errors import StepFailed, UserError
 from .pytest_report import idle_modules
-
-
-def wait_ready_or_show_logs(container, backend: Backend) -> None:
-    try:
-        containers.wait_ready(container, backend)
-    except StepFailed:
-        containers.print_logs(container, backend)
-        raise
 
 
 def run_in(container, backend, command, *, user, workdir, step, environment=None) -> int:
@@ -40,7 +32,7 @@ def run_in(container, backend, command, *, user, workdir, step, environment=None
     if not containers.is_running(container, settle=result.exit_code < 0 or result.exit_code > 128):
         raise StepFailed(
             f"the {backend.name} container stopped during {step} (exit code "
-            f"{containers.exit_code(container)}); see `nox -s print-logs -- {backend.name}`, "
+            f"{container.exit_code}); see `nox -s print-logs -- {backend.name}`, "
             f"clean up with `nox -s stop -- {backend.name}`"
         )
     raise StepFailed(f"{step} failed: `{shlex.join(command)}` exited with code {result.exit_code}")

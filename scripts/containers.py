@@ -5,26 +5,23 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import re
 import shlex
 import tarfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import capabilities, log, trust
 from .backends import Backend, Check
-from .engine import first_line
-from .errors import StepFailed, UserError
+from .engine import APIError, Client, Container, NotFound, create_container, get_container
+from .errors import StepFailed, UserError, first_line
+from .labels import CONSUMER_LABEL, STARTED_LABEL
+from .settings import READY_TIMEOUT_VARIABLE
+from .tarballs import folder_archive
 
-# Set on the containers this tool starts (images carry BACKEND_LABEL, and so
-# does every container made from them, build steps included).
-STARTED_LABEL = "io.github.dask-gateway-ci.started"
-# The consumer of the mounted checkout (consumers/*.toml), chosen at start:
-# install and test, later sessions, run what it declares.
-CONSUMER_LABEL = "io.github.dask-gateway-ci.consumer"
 SOURCE_MOUNT = "/working"
 CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
 # Readiness is polled every FIRST_POLL seconds, inside the container, for as
@@ -34,7 +31,6 @@ CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
 FIRST_POLL, LAST_POLL, BACKOFF = 0.1, 1.0, 1.6
 # Seconds between "waiting for ..." lines while a start waits.
 REPORT_EVERY = 10.0
-READY_TIMEOUT_VARIABLE = "DASK_GATEWAY_CI_READY_TIMEOUT"
 # Docker: 409 "Conflict. The container name ... is already in use"; Podman: 500 "... the
 # container name ... is already in use ...".
 NAME_IN_USE = re.compile(r"container name .* is already in use", re.I)
@@ -55,42 +51,41 @@ class Result:
     output: str
 
 
-def find(client, name: str):
+def find(client: Client, name: str) -> Container | None:
     """The container called `name`, running or not, or None."""
-    from docker.errors import NotFound
-
-    try:
-        container = client.containers.get(name)
-    except NotFound:
-        return None
-    # Whatever session started it, its forwarded secrets never show in ours.
-    trust.hide_forwarded((container.attrs.get("Config") or {}).get("Env"))
+    container = get_container(client, name)
+    if container is not None:
+        # Whatever session started it, its forwarded secrets never show in ours.
+        trust.hide_forwarded(container.environment)
     return container
 
 
 def start(
-    client,
+    client: Client,
     backend: Backend,
     image: str,
     *,
     name: str,
+    forwarded: Mapping[str, str],
     source: Path | None = None,
     ports: dict[int, int] | None = None,
     labels: dict[str, str] | None = None,
     wanted: tuple[str, ...] = (),
-):
+) -> Container:
     """Create and start a container; nothing is left behind when that fails.
 
-    `wanted`: capabilities wanted beside the backend's (its consumer's).
+    `forwarded`: the host's trust and proxy variables (Settings.forwarded,
+    see trust.forwarded). `wanted`: capabilities wanted beside the backend's
+    (its consumer's).
 
     Wanted capabilities are dropped, with a notice, when the engine cannot
     grant them; needed ones are an error naming the capability. Refusals are
     recognised at create and at start, and a capability an engine dropped
     without a word (Podman) is found missing in the container (capabilities.py).
-    """
-    from docker.errors import APIError
 
-    volumes, environment = trust.forwarded()
+    Raises NameTaken, UserError (a needed capability refused), StepFailed, APIError.
+    """
+    volumes, environment = trust.forwarded(forwarded)
     if source is not None:
         volumes[str(source)] = {"bind": SOURCE_MOUNT, "mode": "rw"}
     environment.update(backend.environment)
@@ -108,7 +103,8 @@ def start(
     while True:
         container = None
         try:
-            container = client.containers.create(
+            container = create_container(
+                client,
                 image,
                 command=list(backend.command) if backend.command else None,
                 name=name,
@@ -162,7 +158,7 @@ def _refused(backend: Backend, needed: list[str], wanted: list[str], said: str) 
     )
 
 
-def _not_granted(container, asked: list[str]) -> list[str]:
+def _not_granted(container: Container, asked: list[str]) -> list[str]:
     """Asked-for capabilities missing from the container's PID 1 (engines that drop silently)."""
     if not asked:
         return []
@@ -173,7 +169,7 @@ def _not_granted(container, asked: list[str]) -> list[str]:
     return capabilities.missing(asked, status.output) if status.exit_code == 0 else []
 
 
-def await_created(client, name: str, timeout: float = 30.0):
+def await_created(client: Client, name: str, timeout: float = 30.0) -> Container | None:
     """The container `name` another process is creating (the engine reserves the
     name before it can be looked up), once that process has started it too
     (await_started); None when it does not appear or goes away again."""
@@ -186,7 +182,7 @@ def await_created(client, name: str, timeout: float = 30.0):
     return None
 
 
-def await_started(client, name: str, timeout: float = 10.0):
+def await_started(client: Client, name: str, timeout: float = 10.0) -> Container | None:
     """The container `name` once it has left "created" (another start creates, then
     starts it), or None when it went away; still "created" after `timeout`, it is
     returned as it is: a start killed between the two left it."""
@@ -198,7 +194,7 @@ def await_started(client, name: str, timeout: float = 10.0):
     return found
 
 
-def is_running(container, *, settle: bool = False) -> bool:
+def is_running(container: Container, *, settle: bool = False) -> bool:
     """Whether the container runs; `settle` gives a killed one a moment to show it."""
     for _ in range(10 if settle else 1):
         container.reload()
@@ -209,19 +205,16 @@ def is_running(container, *, settle: bool = False) -> bool:
     return True
 
 
-def exit_code(container) -> int | None:
-    return container.attrs.get("State", {}).get("ExitCode")
-
-
-def ensure_running(container, what: str) -> None:
+def ensure_running(container: Container, what: str) -> None:
+    """Raises StepFailed naming its state when the container no longer runs."""
     if not is_running(container):
         raise StepFailed(
-            f"the {what} container is {container.status} (exit code {exit_code(container)})"
+            f"the {what} container is {container.status} (exit code {container.exit_code})"
         )
 
 
 def execute(
-    container,
+    container: Container,
     command: tuple[str, ...] | list[str],
     *,
     user: str = "root",
@@ -233,27 +226,23 @@ def execute(
 
     A streamed command runs as the leader of its own process group, and
     Ctrl-C here stops that group inside the container (docker exec does not).
+    Raises StepFailed when the engine cannot run it, or the container is gone.
     """
-    from docker.errors import APIError
-
-    api = container.client.api
     pidfile = None
     argv = list(command)
     if stream:
         pidfile = f"/tmp/dask-gateway-ci-exec-{uuid.uuid4().hex[:12]}.pid"
         argv = ["setsid", "--wait", "sh", "-c", 'echo $$ >"$0"; exec "$@"', pidfile, *argv]
     try:
-        exec_id = api.exec_create(
-            container.id, argv, user=user, workdir=workdir, environment=environment
-        )["Id"]
+        exec_id = container.exec_create(argv, user=user, workdir=workdir, environment=environment)
         captured: list[str] = []
-        for chunk in api.exec_start(exec_id, stream=True):
+        for chunk in container.exec_output(exec_id):
             text = chunk.decode(errors="replace")
             if stream:
                 log.write(text)
             else:
                 captured.append(text)
-        code = api.exec_inspect(exec_id).get("ExitCode")
+        code = container.exec_exit_code(exec_id)
     except APIError as error:
         raise StepFailed(f"cannot run {shlex.join(command)}: {first_line(error)}") from None
     except KeyboardInterrupt:
@@ -263,14 +252,15 @@ def execute(
     finally:
         if pidfile is not None:
             with contextlib.suppress(Exception):
-                api.exec_start(api.exec_create(container.id, ["rm", "-f", pidfile])["Id"])
+                for _ in container.exec_output(container.exec_create(["rm", "-f", pidfile])):
+                    pass
     if code is None:  # the container went away under the command
         ensure_running(container, container.name)
         code = -1
     return Result(code, "".join(captured))
 
 
-def stop_process_group(container, pidfile: str, grace: float = 5.0) -> None:
+def stop_process_group(container: Container, pidfile: str, grace: float = 5.0) -> None:
     """TERM the process group whose leader wrote `pidfile`, then KILL what is left."""
     # dash's kill takes a negative PID as a process group, but not `--`.
     script = (
@@ -279,8 +269,8 @@ def stop_process_group(container, pidfile: str, grace: float = 5.0) -> None:
         'sleep 0.1; done; kill -KILL "-$pid" 2>/dev/null; exit 0'
     )
     with contextlib.suppress(Exception):
-        api = container.client.api
-        api.exec_start(api.exec_create(container.id, ["sh", "-c", script, pidfile])["Id"])
+        for _ in container.exec_output(container.exec_create(["sh", "-c", script, pidfile])):
+            pass
 
 
 def _bounded(check: Check) -> tuple[str, ...]:
@@ -288,7 +278,7 @@ def _bounded(check: Check) -> tuple[str, ...]:
     return ("timeout", "-k", "5", f"{check.timeout:.0f}", *check.command)
 
 
-def run_check(container, check: Check) -> Result:
+def run_check(container: Container, check: Check) -> Result:
     return execute(container, _bounded(check), user=check.user)
 
 
@@ -301,7 +291,7 @@ _POLL_LOOP = (
 )
 
 
-def run_check_until(container, check: Check, seconds: float, every: float) -> Result:
+def run_check_until(container: Container, check: Check, seconds: float, every: float) -> Result:
     """The check's command run in the container every `every` seconds until it
     exits 0 or about `seconds` (whole seconds, at least 1) have passed: its
     last result, with the output to match.
@@ -325,9 +315,13 @@ def telling_line(output: str, exit_code: int) -> str:
     return lines[-1][:200] if lines else f"exit {exit_code}, no output"
 
 
-def ready_timeout(backend: Backend) -> float:
-    """The declared ready.timeout, or $DASK_GATEWAY_CI_READY_TIMEOUT (slow machines, tests)."""
-    value = os.environ.get(READY_TIMEOUT_VARIABLE, "").strip()
+def ready_timeout(backend: Backend, override: str = "") -> float:
+    """The declared ready.timeout, or `override` (Settings.ready_timeout,
+    $DASK_GATEWAY_CI_READY_TIMEOUT: slow machines, tests).
+
+    Raises UserError when the override is not a number of seconds > 0.
+    """
+    value = override.strip()
     if not value:
         return backend.ready_timeout
     try:
@@ -339,16 +333,18 @@ def ready_timeout(backend: Backend) -> float:
     return seconds
 
 
-def wait_ready(container, backend: Backend) -> float:
-    """Poll the declared checks until all have passed; fail fast if the container dies.
+def wait_ready(container: Container, backend: Backend, timeout: float) -> float:
+    """Poll the declared checks until all have passed, at most `timeout` seconds
+    (ready_timeout).
 
     The checks are steps in the order the services come up, so a poll starts
     at the first that has not passed yet: a check that passed is not run again
     (one pass of them all costs a poll interval), and the container is ready
     the moment the last one passes.
+
+    Raises StepFailed when the time is up or the container dies.
     """
     started = time.monotonic()
-    timeout = ready_timeout(backend)
     deadline = started + timeout
     pending = "(no check run yet)"
     last_report = started
@@ -384,7 +380,16 @@ def wait_ready(container, backend: Backend) -> float:
             delay = min(LAST_POLL, delay * BACKOFF)
 
 
-def run_smoke(container, backend: Backend) -> None:
+def wait_ready_or_show_logs(container: Container, backend: Backend, timeout: float) -> None:
+    """wait_ready; when it fails, the container's logs (print_logs) before the error."""
+    try:
+        wait_ready(container, backend, timeout)
+    except StepFailed:
+        print_logs(container, backend)
+        raise
+
+
+def run_smoke(container: Container, backend: Backend) -> None:
     for check in backend.smoke:
         result = run_check(container, check)
         if not check.matches(result.exit_code, result.output):
@@ -397,18 +402,17 @@ def run_smoke(container, backend: Backend) -> None:
         log.info(f"ok: {check.name}")
 
 
-def _log_paths(container, pattern: str) -> list[str]:
+def _log_paths(container: Container, pattern: str) -> list[str]:
     listing = execute(container, ["sh", "-c", f"ls -1d {pattern} 2>/dev/null || true"])
     return [line for line in listing.output.splitlines() if line.strip()]
 
 
-def print_logs(container, backend: Backend) -> None:
+def print_logs(container: Container, backend: Backend) -> None:
     """Status, then each declared log file, each under its own heading."""
     container.reload()
     with log.group(f"{backend.name}: container state"):
-        state = container.attrs.get("State", {})
-        log.write(f"status={state.get('Status')} exit_code={state.get('ExitCode')}\n")
-        log.write(container.logs(tail=200).decode(errors="replace"))
+        log.write(f"status={container.status} exit_code={container.exit_code}\n")
+        log.write(container.logs(tail=200))
     if container.status != "running":
         log.info(f"{backend.name} is not running: only the container output is available")
         return
@@ -424,18 +428,15 @@ def print_logs(container, backend: Backend) -> None:
                 execute(container, ["tail", "-n", "500", path], stream=True)
 
 
-def remove(container) -> None:
-    from docker.errors import NotFound
-
+def remove(container: Container) -> None:
+    """Remove it, running or not; gone already is fine."""
     with contextlib.suppress(NotFound):
-        container.remove(force=True, v=True)
+        container.remove()
 
 
-def stop(container, timeout: float) -> None:
+def stop(container: Container, timeout: float) -> None:
     """SIGTERM (services shut down cleanly), at most `timeout` seconds, then remove."""
-    from docker.errors import APIError, NotFound
-
-    with contextlib.suppress(NotFound, APIError):
+    with contextlib.suppress(APIError):  # NotFound included
         if is_running(container):
             container.stop(timeout=int(timeout))
     remove(container)
@@ -445,60 +446,45 @@ def throwaway_name(backend: Backend) -> str:
     return f"{backend.container_name}-verify-{uuid.uuid4().hex[:8]}"
 
 
-def copy_tree(container, source: Path, destination: str) -> None:
+def copy_tree(container: Container, source: Path, destination: str) -> None:
     """Copy a folder from the repository into the container, readable by all."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path in sorted(source.rglob("*")):
-            if "__pycache__" in path.parts:
-                continue
-            info = archive.gettarinfo(str(path), arcname=str(path.relative_to(source)))
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mode = 0o755 if path.is_dir() else 0o644
-            if path.is_dir():
-                archive.addfile(info)
-            else:
-                with path.open("rb") as handle:
-                    archive.addfile(info, handle)
+    archive = folder_archive(
+        source, keep_executable=False, skip=lambda path: "__pycache__" in path.parts
+    )
     execute(container, ["mkdir", "-p", destination])
-    if not container.put_archive(destination, buffer.getvalue()):
+    if not container.put_archive(destination, archive.getvalue()):
         raise StepFailed(f"cannot copy {source} into the container")
 
 
-def read_file(container, path: str) -> bytes | None:
+def read_file(container: Container, path: str) -> bytes | None:
     """A file's content from the container, or None when it is not there."""
-    from docker.errors import NotFound
-
     try:
-        chunks, _ = container.get_archive(path)
+        data = container.get_archive(path)
     except NotFound:
         return None
-    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         member = archive.next()
         handle = archive.extractfile(member) if member is not None else None
         return handle.read() if handle is not None else None
 
 
-def mounted_source(container) -> str | None:
+def mounted_source(container: Container) -> str | None:
     """The host folder mounted at /working, if any."""
-    for mount in container.attrs.get("Mounts", []):
-        if mount.get("Destination") == SOURCE_MOUNT:
-            return mount.get("Source")
-    return None
+    return container.mounts.get(SOURCE_MOUNT)
 
 
-def consumer_of(container) -> str | None:
+def consumer_of(container: Container) -> str | None:
     """The consumer recorded at start, if any (containers of older starts have none)."""
-    return (container.attrs.get("Config", {}).get("Labels") or {}).get(CONSUMER_LABEL)
+    return container.labels.get(CONSUMER_LABEL)
 
 
-def granted(container, asked: tuple[str, ...]) -> set[str]:
+def granted(container: Container, asked: tuple[str, ...]) -> set[str]:
     """Which of `asked` the container's PID 1 has."""
     return set(asked) - set(_not_granted(container, list(asked)))
 
 
-def require_running(client, backend: Backend):
+def require_running(client: Client, backend: Backend) -> Container:
+    """The backend's running container. Raises UserError naming `start` when there is none."""
     container = find(client, backend.container_name)
     if container is None or container.status != "running":
         raise UserError(

@@ -21,7 +21,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from . import log
-from .engine import image_id
+from .engine import Client, get_image, image_id, import_image, load_images
 from .errors import StepFailed, UserError
 from .platforms import VARIANT, Platform
 
@@ -211,7 +211,7 @@ def image_archive(rootfs: Path, archive: Path, reference: str, platform: Platfor
 
 
 def bootstrap(
-    client,
+    client: Client,
     *,
     reference: str,
     suite: str | None = None,
@@ -273,8 +273,7 @@ def bootstrap(
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
         if not foreign:
             log.info(f"importing {reference}")
-            # The whole reference as the repository: Podman ignores a separate tag.
-            client.api.import_image_from_file(str(tarball), repository=reference)
+            import_image(client, str(tarball), reference)
         else:
             # `docker import` records the engine's own architecture on Docker
             # 20.10, whatever --platform says: load an archive that names it.
@@ -283,11 +282,11 @@ def bootstrap(
             image_archive(tarball, archive, reference, platform)
             log.info(f"loading {reference} ({platform})")
             with archive.open("rb") as data:
-                client.images.load(data)
+                load_images(client, data)
     created = image_id(client, reference)
     if created is None:
         raise StepFailed(f"docker {'load' if foreign else 'import'} did not create {reference}")
-    recorded = client.api.inspect_image(created).get("Architecture")
+    recorded = get_image(client, created).architecture
     if recorded != platform.architecture:
         raise StepFailed(
             f"the engine recorded {reference} as {recorded}, not {platform.architecture}"

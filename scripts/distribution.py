@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from . import log
 from .credentials import Credentials
+from .errors import first_line
 
 PRESENT, ABSENT, UNKNOWN = "present", "absent", "unknown"
 ABSENT_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
@@ -124,11 +125,11 @@ class RegistryAPI:
                 last = error  # a loopback registry speaking plain HTTP: try that
                 continue
             except requests.exceptions.RequestException as error:
-                raise Transient(f"{self.registry} did not answer ({_one_line(error)})") from None
+                raise Transient(f"{self.registry} did not answer ({first_line(error)})") from None
             if response.status_code == 429 or response.status_code >= 500:
                 raise Transient(f"{self.registry} answered {response.status_code}")
             return response
-        raise Transient(f"{self.registry} did not answer ({_one_line(last)})")
+        raise Transient(f"{self.registry} did not answer ({first_line(last)})")
 
     def _send(self, url: str, name: str, headers: dict[str, str]):
         scope = f"repository:{name}:pull"
@@ -258,7 +259,3 @@ class RegistryAPI:
 
 def _config_digest(manifest: dict) -> str:
     return str((manifest.get("config") or {}).get("digest") or "")
-
-
-def _one_line(error: object) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

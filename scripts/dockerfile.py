@@ -6,8 +6,6 @@ an ARG defaults to); not a parser of the whole syntax.
 
 from __future__ import annotations
 
-import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,26 +81,3 @@ def arg_defaults(items: list[Instruction]) -> dict[str, str | None]:
 def declared_args(dockerfile: Path) -> set[str]:
     """Every ARG name the Dockerfile declares, in any stage."""
     return {name for items in stages(dockerfile).values() for name in arg_defaults(items)}
-
-
-def all_arg_defaults(dockerfile: Path) -> dict[str, str]:
-    """Every ARG with a default, from any stage, with ${OTHER} references expanded."""
-    found: dict[str, str] = {}
-    for items in stages(dockerfile).values():
-        found.update({k: v for k, v in arg_defaults(items).items() if v})
-    return {key: expand(value, found) for key, value in found.items()}
-
-
-def expand(value: str, args: dict[str, str | None]) -> str:
-    return re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1)) or m.group(0), value)
-
-
-def env_values(dockerfile: Path) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for instruction in instructions(dockerfile):
-        if instruction.keyword == "ENV":
-            for word in shlex.split(instruction.value):
-                key, sep, value = word.partition("=")
-                if sep:
-                    found[key] = value
-    return found

@@ -1,4 +1,12 @@
-"""Errors that end a session with one line and no traceback."""
+"""Errors that end a session with one line and no traceback, and that one line."""
+
+
+def first_line(error: BaseException | str) -> str:
+    """An error as one line: the engine's explanation when there is one."""
+    text = getattr(error, "explanation", None) or str(error) or type(error).__name__
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return " ".join(str(text).split())
 
 
 class UserError(Exception):

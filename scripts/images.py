@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,19 +20,32 @@ from . import debian, log
 from .backends import Backend, ancestors
 from .distribution import RegistryAPI
 from .dockerfile import declared_args, parse, stage_names, stages_of
-from .engine import CONTAINERD, first_line, image_id, image_store
-from .errors import StepFailed, UserError
-from .platforms import PLAIN, Platform
-from .provenance import (
-    BACKEND_LABEL,
-    LABEL_PREFIX,
-    changed_since,
-    has_commit,
-    oci_labels,
-    provenance,
+from .engine import (
+    CONTAINERD,
+    APIError,
+    Client,
+    DockerError,
+    EngineError,
+    NotFound,
+    get_image,
+    image_id,
+    image_store,
+    inspect_image,
+    list_images,
+    load_images,
+    pull_image,
+    remove_image,
+    save_image,
+    tag_image,
 )
+from .engine import build as engine_build
+from .errors import StepFailed, UserError, first_line
+from .labels import BACKEND_LABEL, REVISION_LABEL
+from .platforms import PLAIN, Platform
+from .provenance import changed_since, has_commit, oci_labels, provenance
 from .settings import LATEST, Settings
 from .summary import human_size
+from .tarballs import folder_archive
 
 # The classic builder says "Step 3/19 : RUN ...", Podman (buildah) "STEP 3/19: RUN ...",
 # in a multi-stage build "[2/4] STEP 3/7: RUN ..." (stage 2 of 4);
@@ -51,7 +63,6 @@ PARENT_ARG = "BASE_IMAGE"
 # rebuild that stage.
 ROOT_ARG = "DEBIAN_IMAGE"
 SET_BY_THE_BUILD = (PARENT_ARG, ROOT_ARG)
-REVISION_LABEL = f"{LABEL_PREFIX}.revision"
 
 
 @dataclass
@@ -102,7 +113,7 @@ def local_reference(settings: Settings, backend: Backend, platform: Platform | N
 
 
 def require_image(
-    client, settings: Settings, backend: Backend, platform: Platform | None = None
+    client: Client, settings: Settings, backend: Backend, platform: Platform | None = None
 ) -> str:
     """The local ID of `backend`'s image for `platform`.
 
@@ -118,7 +129,7 @@ def require_image(
     return found
 
 
-def check_platform(client, image: str, reference: str, platform: Platform | None) -> None:
+def check_platform(client: Client, image: str, reference: str, platform: Platform | None) -> None:
     """The engine recorded `image` as `platform`'s architecture.
 
     Raises StepFailed otherwise (an engine that builds or imports for its own
@@ -126,7 +137,7 @@ def check_platform(client, image: str, reference: str, platform: Platform | None
     """
     if platform is None:
         return
-    recorded = client.api.inspect_image(image).get("Architecture")
+    recorded = get_image(client, image).architecture
     if recorded != platform.architecture:
         raise StepFailed(
             f"{reference} ({image[:19]}) is an {recorded} image, not {platform.architecture}; "
@@ -134,15 +145,13 @@ def check_platform(client, image: str, reference: str, platform: Platform | None
         )
 
 
-def external_image(client, backend: Backend, platform: Platform | None = None) -> str:
+def external_image(client: Client, backend: Backend, platform: Platform | None = None) -> str:
     """Local ID of the image the root backend builds FROM: here, pulled, or bootstrapped.
 
     For another architecture than amd64 it is the per-architecture name
     (platforms.Platform.external). Raises UserError when it can be neither
     pulled nor bootstrapped.
     """
-    from docker.errors import APIError
-
     reference = (platform or Platform(PLAIN)).external(backend.base_image)
     found = image_id(client, reference)
     if found is not None:
@@ -150,7 +159,7 @@ def external_image(client, backend: Backend, platform: Platform | None = None) -
         return found
     log.info(f"{reference} is not here; pulling it (once: builds never pull)")
     try:
-        pulled = client.images.pull(reference, platform=str(platform) if platform else None).id
+        pulled = pull_image(client, reference, platform=str(platform) if platform else None).id
         check_platform(client, pulled, reference, platform)
         return pulled
     except APIError as error:
@@ -212,37 +221,24 @@ def context_archive(
     same image, with the same cache keys, as one made under umask 022.
     With `labels`, the Dockerfile carries them (see with_labels).
     """
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path in [folder, *sorted(folder.rglob("*"))]:
-            info = archive.gettarinfo(str(path), arcname=str(path.relative_to(folder)))
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            if info.isdir() or (info.isfile() and info.mode & 0o111):
-                info.mode = 0o755
-            elif info.isfile():
-                info.mode = 0o644
-            if info.isfile() and labels and info.name == "Dockerfile":
-                data = with_labels(path.read_text(), labels, target).encode()
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-            elif info.isfile():
-                with path.open("rb") as handle:
-                    archive.addfile(info, handle)
-            else:
-                archive.addfile(info)
-    buffer.seek(0)
-    return buffer
+
+    def labelled(name: str, path: Path) -> bytes | None:
+        if labels and name == "Dockerfile":
+            return with_labels(path.read_text(), labels, target).encode()
+        return None
+
+    return folder_archive(folder, include_folder=True, replace=labelled)
 
 
-def run_build(client, context: io.BytesIO, **options) -> BuildStream:
+def run_build(client: Client, context: io.BytesIO, **options) -> BuildStream:
     """One build of a context (context_archive) on the engine, never pulling; its stream.
 
     Intermediate containers are removed, failed or not. `options` are the
     engine's: tag, buildargs, target, network_mode, nocache.
     """
     stream = BuildStream()
-    for entry in client.api.build(
+    for entry in engine_build(
+        client,
         fileobj=context,
         custom_context=True,
         pull=False,
@@ -256,7 +252,7 @@ def run_build(client, context: io.BytesIO, **options) -> BuildStream:
 
 
 def build_one(
-    client,
+    client: Client,
     settings: Settings,
     backend: Backend,
     *,
@@ -338,9 +334,9 @@ def check_build_options(
             )
 
 
-def image_labels(client, image: str) -> dict[str, str]:
+def image_labels(client: Client, image: str) -> dict[str, str]:
     """The labels of a local image (its config's, as the engine reports them)."""
-    return (client.api.inspect_image(image).get("Config") or {}).get("Labels") or {}
+    return get_image(client, image).labels
 
 
 @dataclass(frozen=True)
@@ -357,30 +353,21 @@ class Sizes:
         return ", ".join(parts) or "size unknown"
 
 
-def image_sizes(client, image: str) -> Sizes:
+def image_sizes(client: Client, image: str) -> Sizes:
     """Sizes of a local image, named for what they are on this engine's image store.
 
     The classic store's `Size` is the unpacked size. The containerd store's
     is the compressed content; its unpacked size is per platform manifest
     (`?manifests=1`, API 1.48+), which older engines ignore.
     """
-    response = client.api._get(client.api._url("/images/{0}/json", image), params={"manifests": 1})
-    data = client.api._result(response, True)
-    manifests = [
-        m
-        for m in data.get("Manifests") or []
-        if m.get("Kind", "image") == "image" and m.get("Available", True)
-    ]
-    if not manifests:
-        return Sizes(unpacked=data.get("Size"))
-    unpacked = sum(
-        ((m.get("ImageData") or {}).get("Size") or {}).get("Unpacked") or 0 for m in manifests
-    )
-    return Sizes(unpacked=unpacked or None, compressed=data.get("Size"))
+    found = get_image(client, image, manifests=True)
+    if not found.platform_sizes:
+        return Sizes(unpacked=found.size)
+    return Sizes(unpacked=sum(found.platform_sizes) or None, compressed=found.size)
 
 
 def published_if_current(
-    client,
+    client: Client,
     settings: Settings,
     backend: Backend,
     folders: tuple[Path, ...],
@@ -394,8 +381,6 @@ def published_if_current(
     digest, so what was checked is what arrives; with `platform`, that
     architecture's image of the published index, tagged with its local name.
     """
-    from docker.errors import DockerException
-
     from .credentials import credentials
     from .distribution import PRESENT
     from .registry import Unauthorized, api_host, labels, lookup
@@ -431,18 +416,19 @@ def published_if_current(
         return None
     repository = settings.repository(backend)
     try:
-        image = client.images.pull(
+        image = pull_image(
+            client,
             f"{repository}@{found.digest}",
             auth_config=creds.auth_config() if creds else None,
             **({"platform": str(platform)} if platform else {}),
         )
-    except DockerException as error:
+    except DockerError as error:  # the engine's answer; a dropped connection still fails
         log.info(f"cannot pull {reference} ({first_line(error)}); building it instead")
         return None
-    if platform is not None and platform.architecture != image.attrs.get("Architecture"):
+    if platform is not None and platform.architecture != image.architecture:
         log.info(f"{reference}: the published image has no {platform} entry; building it")
         return None
-    client.api.tag(image.id, repository, tag=reference.rpartition(":")[2])
+    tag_image(client, image.id, repository, tag=reference.rpartition(":")[2])
     log.info(
         f"pulled the published {reference} ({found.digest[:19]}), current: built from "
         f"{revision[:12]}, its ci/ folders unchanged since"
@@ -451,7 +437,7 @@ def published_if_current(
 
 
 def build_with_parents(
-    client,
+    client: Client,
     settings: Settings,
     backends: dict[str, Backend],
     backend: Backend,
@@ -521,7 +507,7 @@ def build_with_parents(
     return parent_id
 
 
-def untag(client, reference: str) -> None:
+def untag(client: Client, reference: str) -> None:
     """Remove a tag (or an image by ID): the image goes once nothing names it, and so do
     the build parents no other image was built on. The build cache of other images stays.
 
@@ -532,66 +518,67 @@ def untag(client, reference: str) -> None:
     `Parent` the classic builder records, and removed only while no other
     image has them as parent and no tag names them.
     """
-    from docker.errors import NotFound
-
     if image_store(client) != CONTAINERD:
-        with contextlib.suppress(NotFound):  # Podman's 404 is not an ImageNotFound
-            client.api.remove_image(reference, force=True)
+        with contextlib.suppress(NotFound):
+            remove_image(client, reference)
+        return
+    removed = inspect_image(client, reference)
+    if removed is None:
         return
     try:
-        removed = client.api.inspect_image(reference)
-        client.api.remove_image(reference, force=True, noprune=True)
+        remove_image(client, reference, noprune=True)
     except NotFound:
         return
-    if image_id(client, removed["Id"]) is not None:
+    if image_id(client, removed.id) is not None:
         return  # another tag still names it: its parents are in use
-    everything = client.api.images(all=True)
-    children = Counter(i.get("ParentId") or "" for i in everything)
-    tagged = {
-        i["Id"] for i in everything if any(t != "<none>:<none>" for t in i.get("RepoTags") or [])
-    }
-    parent = removed.get("Parent") or ""
+    everything = list_images(client)
+    children = Counter(i.parent for i in everything)
+    tagged = {i.id for i in everything if i.repo_tags}
+    parent = removed.parent
     while parent and not children[parent] and parent not in tagged:
         try:
-            grandparent = client.api.inspect_image(parent).get("Parent") or ""
-            client.api.remove_image(parent, noprune=True)
+            found = inspect_image(client, parent)
+            if found is None:
+                return
+            grandparent = found.parent
+            remove_image(client, parent, force=False, noprune=True)
         except NotFound:
             return
         children[grandparent] -= 1
         parent = grandparent
 
 
-def save_archive(client, reference: str, path: str) -> None:
+def save_archive(client: Client, reference: str, path: str) -> None:
     """`docker save` one tagged image to a tar file (for another machine or job)."""
-    image = client.images.get(reference)
+    saved, chunks = save_image(client, reference)
     try:
         with open(path, "wb") as archive:
-            for chunk in image.save(named=reference):
+            for chunk in chunks:
                 archive.write(chunk)
     except OSError as error:
         raise UserError(f"cannot write image archive {path}: {error.strerror}") from None
-    log.info(f"saved {reference} ({image.id[:19]}) to {path}")
+    log.info(f"saved {reference} ({saved[:19]}) to {path}")
 
 
-def load_archive(client, path: str, expected: str) -> None:
-    """`docker load` a tar written by save_archive; it must restore `expected`."""
-    from docker.errors import DockerException
-    from requests.exceptions import RequestException
+def load_archive(client: Client, path: str, expected: str) -> None:
+    """`docker load` a tar written by save_archive; it must restore `expected`.
 
+    Raises UserError when the file cannot be read, is no image archive, or
+    restores another tag.
+    """
     try:
         archive = open(path, "rb")  # noqa: SIM115 - closed below, errors apart from the engine's
     except OSError as error:
         raise UserError(f"cannot read image archive {path}: {error.strerror}") from None
     try:
         with archive:
-            loaded = client.images.load(archive)
-    except (DockerException, RequestException) as error:
+            tags = load_images(client, archive)
+    except EngineError as error:
         # Docker says what is wrong; Podman drops the connection on garbage.
         raise UserError(
             f"{path} is not an image archive (docker load: {first_line(error)}); "
             "write one with `nox -s build -- BACKEND --save FILE`"
         ) from None
-    tags = [tag for image in loaded for tag in image.tags]
     if expected not in tags:
         raise UserError(
             f"{path} holds {', '.join(tags) or 'no tagged image'}, not {expected}; "

@@ -32,8 +32,8 @@ from .credentials import Credentials
 from .distribution import is_loopback
 from .errors import StepFailed, UserError
 from .registry import classify, registry_of, with_retries
+from .settings import CLI_VARIABLE
 
-CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 

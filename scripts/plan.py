@@ -32,9 +32,7 @@ from datetime import UTC, datetime
 from .backends import Backend, ancestors
 from .errors import UserError
 from .platforms import PLAIN, SUPPORTED
-
-SELECTION_VARIABLE = "DASK_GATEWAY_CI_BACKENDS"
-ARCHITECTURES_VARIABLE = "DASK_GATEWAY_CI_ARCHITECTURES"
+from .settings import ARCHITECTURES_VARIABLE, SELECTION_VARIABLE
 
 
 def selected(backends: dict[str, Backend], environ: dict[str, str] | None = None) -> list[str]:

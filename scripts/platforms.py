@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .engine import Client, get_image
+from .engine import architecture as engine_architecture
 from .errors import UserError
 
 # The architecture whose local tags carry no suffix.
@@ -76,21 +78,21 @@ def parse(value: str, where: str = "--platform") -> Platform:
     return Platform(architecture)
 
 
-def native(client) -> Platform:
+def native(client: Client) -> Platform:
     """The engine's own platform (what it runs without emulation)."""
-    architecture = str(client.version().get("Arch") or PLAIN)
+    architecture = engine_architecture(client) or PLAIN
     try:
         return parse(architecture, "the engine's architecture")
     except UserError:
         return Platform(architecture)
 
 
-def chosen(client, value: str | None) -> Platform:
+def chosen(client: Client, value: str | None) -> Platform:
     """--platform, or the engine's own platform when it is not given."""
     return parse(value) if value else native(client)
 
 
-def recorded(client, image: str) -> Platform | None:
+def recorded(client: Client, image: str) -> Platform | None:
     """The platform the engine recorded for a local image (its config's architecture)."""
-    architecture = client.api.inspect_image(image).get("Architecture") or ""
+    architecture = get_image(client, image).architecture
     return Platform(architecture) if architecture else None

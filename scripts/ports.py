@@ -11,21 +11,25 @@ wants to look at the services. So they can be moved or turned off per run:
 from __future__ import annotations
 
 import errno
-import os
 import re
 import socket
 
-from .containers import STARTED_LABEL
+from .engine import Client, list_containers
 from .errors import UserError
+from .labels import STARTED_LABEL
+from .settings import PORTS_VARIABLE
 
-PORTS_VARIABLE = "DASK_GATEWAY_CI_PORTS"
 LOOPBACK = "127.0.0.1"
 SPEC = re.compile(r"^(?:none|\+\d{1,5})$")
 
 
-def plan(declared: tuple[int, ...], option: str | None) -> dict[int, int]:
-    """Container port -> host port for this run (--ports, else $DASK_GATEWAY_CI_PORTS)."""
-    spec = option if option is not None else os.environ.get(PORTS_VARIABLE, "")
+def plan(declared: tuple[int, ...], option: str | None, configured: str = "") -> dict[int, int]:
+    """Container port -> host port for this run (--ports, else `configured`: Settings.ports,
+    $DASK_GATEWAY_CI_PORTS).
+
+    Raises UserError for a spec other than none or +N, or a port above 65535.
+    """
+    spec = option if option is not None else configured
     where = "--ports" if option is not None else PORTS_VARIABLE
     spec = spec.strip()
     if not spec:
@@ -42,18 +46,8 @@ def plan(declared: tuple[int, ...], option: str | None) -> dict[int, int]:
     return moved
 
 
-def _published_ports(container) -> set[int]:
-    found = set()
-    for bindings in (container.attrs.get("HostConfig", {}).get("PortBindings") or {}).values():
-        for binding in bindings or []:
-            if str(binding.get("HostPort", "")).isdigit():
-                found.add(int(binding["HostPort"]))
-    return found
-
-
-def _engine_is_local() -> bool:
-    host = os.environ.get("DOCKER_HOST", "")
-    return not host or host.startswith("unix://")
+def _engine_is_local(docker_host: str) -> bool:
+    return not docker_host or docker_host.startswith("unix://")
 
 
 def _bindable(port: int) -> bool:
@@ -65,22 +59,28 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def holder(client, port: int) -> str | None:
-    """Who holds host port `port`: a container of this engine, another process, or None."""
-    for container in client.containers.list():
-        if port in _published_ports(container):
+def holder(client: Client, port: int, docker_host: str = "") -> str | None:
+    """Who holds host port `port`: a container of this engine, another process, or None.
+
+    `docker_host` (Settings.docker_host): another process is looked for only
+    when the engine is on this machine.
+    """
+    for container in list_containers(client):
+        if port in container.host_ports:
             backend = container.labels.get(STARTED_LABEL)
             owner = f" (our {backend} container)" if backend else ""
             return f"container {container.name}{owner}"
-    if _engine_is_local() and not _bindable(port):
+    if _engine_is_local(docker_host) and not _bindable(port):
         return "another process on this machine (or another Docker engine)"
     return None
 
 
-def check_free(client, planned: dict[int, int], option_hint: str) -> None:
-    """One line naming the holder and the fix when a planned host port is taken."""
+def check_free(
+    client: Client, planned: dict[int, int], option_hint: str, docker_host: str = ""
+) -> None:
+    """Raises UserError naming the holder and the fix when a planned host port is taken."""
     for container_port, host_port in planned.items():
-        taken_by = holder(client, host_port)
+        taken_by = holder(client, host_port, docker_host)
         if taken_by is None:
             continue
         raise UserError(

@@ -12,10 +12,8 @@ from packaging.version import Version
 
 from .backends import Backend
 from .errors import UserError
+from .labels import BACKEND_LABEL, LABEL_PREFIX
 from .project import ROOT
-
-LABEL_PREFIX = "org.opencontainers.image"
-BACKEND_LABEL = "io.github.dask-gateway-ci.backend"
 
 
 def _git(*args: str, root: Path = ROOT) -> str | None:

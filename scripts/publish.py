@@ -35,10 +35,11 @@ from . import index, log, provenance, state, summary
 from .backends import Backend
 from .credentials import Credentials, credentials, describe
 from .distribution import ABSENT, PRESENT, UNKNOWN, Lookup, RegistryAPI
+from .engine import get_image, tag_image
 from .errors import UserError
 from .images import image_labels, image_sizes, local_reference, require_image
+from .labels import BACKEND_LABEL, REVISION_LABEL
 from .platforms import PLAIN, Platform
-from .provenance import BACKEND_LABEL, LABEL_PREFIX
 from .registry import (
     api_host,
     authorized,
@@ -56,7 +57,6 @@ DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}(\..*)?$")
 AUTO = "auto"
 MAX_AUTO_SUFFIX = 99
-REVISION_LABEL = f"{LABEL_PREFIX}.revision"
 
 
 def check_tag(tag: str, what: str) -> str:
@@ -138,7 +138,7 @@ class Target:
         self.local = local_reference(settings, backend, platform)
         self.image = require_image(client, settings, backend, platform)
         self.identities = local_identities(client, self.image, self.repository)
-        self.architecture = client.api.inspect_image(self.image).get("Architecture") or ""
+        self.architecture = get_image(client, self.image).architecture
         if platform is not None and self.architecture != platform.architecture:
             raise UserError(
                 f"{self.local} ({self.image[:19]}) is an {self.architecture} image, not "
@@ -231,7 +231,7 @@ def _only_forward(target: Target, tag: str) -> None:
 def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> str:
     reference = target.reference(tag)
     client = target.client
-    client.api.tag(target.image, target.repository, tag=tag)
+    tag_image(client, target.image, target.repository, tag=tag)
     with log.group(f"push {reference} ({target.image[:19]})"):
         stream = authorized(
             target.settings.registry,
@@ -370,18 +370,16 @@ def dated_tag_for(
     client,
     settings: Settings,
     backends: list[Backend],
+    candidates: list[str],
     *,
-    day: str | None,
-    suffix: str,
-    force_date: bool = False,
     platforms: list[Platform] | tuple = (),
 ) -> str:
-    """The one dated tag every image of `backends` is published as (see the docstring).
+    """The one dated tag every image of `backends` is published as (see the docstring):
+    the first of `candidates` (from dated_candidates) free for all of them.
 
     Raises UserError when the tag (or, with auto, every candidate) holds
     another image, or when the registry would not say what a tag holds.
     """
-    candidates = dated_candidates(day, suffix, force_date=force_date)
     targets = [t for backend in backends for t in targets_of(client, settings, backend, platforms)]
     clashes: list[tuple[Target, str, Lookup]] = []
     for tag in candidates:
@@ -489,20 +487,13 @@ def tag_dated(
     platforms: list[Platform] | tuple = (),
 ) -> str:
     """Choose one dated tag for `backends` and publish each as it; returns the tag."""
+    candidates = dated_candidates(day, suffix, force_date=force_date)
     if dry_run:
-        tag = dated_candidates(day, suffix, force_date=force_date)[0]
+        tag = candidates[0]
         if suffix == AUTO:
             log.info(f"dry run: {AUTO} would take {tag} or the next suffix free for every image")
     else:
-        tag = dated_tag_for(
-            client,
-            settings,
-            backends,
-            day=day,
-            suffix=suffix,
-            force_date=force_date,
-            platforms=platforms,
-        )
+        tag = dated_tag_for(client, settings, backends, candidates, platforms=platforms)
     for backend in backends:
         tag_dated_image(
             client,

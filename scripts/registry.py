@@ -17,12 +17,12 @@ from typing import TypeVar
 from . import distribution, log
 from .credentials import Credentials, credential_hint, describe
 from .distribution import Lookup, RegistryAPI
-from .errors import StepFailed, UserError
+from .engine import APIError, Client, TransportError, get_image, list_images, push
+from .errors import StepFailed, UserError, first_line
+from .settings import BACKOFF_VARIABLE, RETRIES_VARIABLE
 
 T = TypeVar("T")
 
-RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"
-BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"
 DEFAULT_RETRIES = 3  # after the first attempt: waits of 1, 2, 4 s
 DEFAULT_BACKOFF = 1.0
 
@@ -113,12 +113,8 @@ def authorized(registry: str, creds: Credentials | None, call: Callable[..., T],
         raise UserError(log.censor(message)) from None
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _engine_failed(what: str, error: Exception) -> StepFailed:
-    reason = _one_line(error) or type(error).__name__
+    reason = first_line(error)
     return StepFailed(log.censor(f"{what}: the Docker engine stopped answering ({reason})"))
 
 
@@ -171,7 +167,7 @@ class PushStream:
     def feed(self, entry: dict) -> None:
         if "error" in entry or "errorDetail" in entry:
             detail = entry.get("errorDetail") or {}
-            self.error = _one_line(entry.get("error") or detail.get("message") or "unknown error")
+            self.error = first_line(entry.get("error") or detail.get("message") or "unknown error")
             return
         aux = entry.get("aux")
         if isinstance(aux, dict) and aux.get("Digest"):
@@ -195,24 +191,23 @@ class PushStream:
             log.info(status)
 
 
-def push_tag(client, repository: str, tag: str, creds: Credentials | None) -> PushStream:
-    from docker.errors import APIError
-    from requests.exceptions import RequestException
+def push_tag(client: Client, repository: str, tag: str, creds: Credentials | None) -> PushStream:
+    """Push repository:tag, retried while the registry's failure is transient.
 
+    Raises StepFailed (the push failed, or the engine stopped answering) or
+    UserError (refused credentials).
+    """
     reference = f"{repository}:{tag}"
     auth = creds.auth_config() if creds else None
 
     def attempt() -> PushStream:
         stream = PushStream()
         try:
-            entries = client.api.push(
-                repository, tag=tag, stream=True, decode=True, auth_config=auth
-            )
-            for entry in entries:
+            for entry in push(client, repository, tag, auth):
                 stream.feed(entry)
         except APIError as error:
-            stream.error = _one_line(error.explanation or error)
-        except RequestException as error:
+            stream.error = first_line(error)
+        except TransportError as error:
             raise _engine_failed(f"push of {reference}", error) from None
         if stream.error is not None:
             raise classify(f"push of {reference} failed: {stream.error}")
@@ -227,23 +222,23 @@ def _normal(repository: str) -> str:
     return repository.removeprefix("docker.io/").removeprefix("library/")
 
 
-def local_identities(client, image: str, repository: str) -> set[str]:
+def local_identities(client: Client, image: str, repository: str) -> set[str]:
     """Every digest that names this local image: its ID, and what it was pushed as.
 
     The ID is the config digest on the classic store and the manifest digest
     on the containerd store; RepoDigests are the manifests pushed or pulled.
     """
     found = {image}
-    for entry in client.api.inspect_image(image).get("RepoDigests") or []:
+    for entry in get_image(client, image).repo_digests:
         name, _, digest = entry.partition("@")
         if _normal(name) == _normal(repository):
             found.add(digest)
     return found
 
 
-def local_holder(client, repository: str, remote: Lookup) -> str | None:
+def local_holder(client: Client, repository: str, remote: Lookup) -> str | None:
     """The local image that is what `remote` holds, if any."""
-    for image in client.images.list(name=repository):
+    for image in list_images(client, name=repository):
         if remote.holds_any(local_identities(client, image.id, repository)):
             return image.id
     return None

@@ -1,12 +1,17 @@
-"""Where images are published: registry, owner and the moving tag.
+"""What a run is set to: read once per session (cli.run) and passed down.
 
-Registry and owner come from [tool.dask-gateway-ci] in pyproject.toml and
-can be overridden without editing code:
+Every environment variable the tool reads is named here. Where images are
+published (registry, owner) comes from [tool.dask-gateway-ci] in
+pyproject.toml and can be overridden without editing code:
 
     DASK_GATEWAY_CI_REGISTRY=ghcr.io DASK_GATEWAY_CI_OWNER=my-fork nox -s push-slurm
 
 Both are checked here, before anything talks to the engine, so a typo is one
-line naming where the value came from.
+line naming where the value came from. The run's other settings (ready
+timeout, host ports, the checkout, what is forwarded into containers) are
+read here too, as given, and checked by the step that uses them
+(containers.ready_timeout, ports.plan, trust.forwarded, steps): a bad value
+fails only the steps that need it, with the message naming the variable.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import Backend
@@ -23,6 +29,49 @@ from .project import ROOT
 
 # The tag that always names the newest verified image of a backend.
 LATEST = "latest"
+
+# -- every environment variable the tool reads ----------------------------------
+# Read into Settings by load_settings:
+REGISTRY_VARIABLE = "DASK_GATEWAY_CI_REGISTRY"  # where images are published
+OWNER_VARIABLE = "DASK_GATEWAY_CI_OWNER"
+READY_TIMEOUT_VARIABLE = "DASK_GATEWAY_CI_READY_TIMEOUT"  # overrides ready.timeout
+PORTS_VARIABLE = "DASK_GATEWAY_CI_PORTS"  # none, or +N: the services' host ports
+SOURCE_VARIABLE = "DASK_GATEWAY_SOURCE"  # the checkout start and cycle mount
+# Which engine: docker-py reads it to connect; engine.connect names it in its
+# message, capabilities.engine_key keys what an engine refused by it.
+DOCKER_HOST_VARIABLE = "DOCKER_HOST"
+# The host's trust and proxies, forwarded into containers (trust.py):
+BUNDLE_VARIABLE = "DASK_GATEWAY_CI_CA_BUNDLE"  # the CA bundle to mount; empty: none
+CA_BUNDLE_VARIABLES = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+)
+FORWARDED_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_DEFAULT_TIMEOUT",
+    "GOPROXY",
+)
+# Read where they are used, each by one module:
+STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"  # state.py; else $XDG_STATE_HOME/dask-gateway-ci
+RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.py
+BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.py
+SELECTION_VARIABLE = "DASK_GATEWAY_CI_BACKENDS"  # plan.py
+ARCHITECTURES_VARIABLE = "DASK_GATEWAY_CI_ARCHITECTURES"  # plan.py
+CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.py; and DOCKER_CONFIG there
+# log.py (GITHUB_ACTIONS), summary.py (GITHUB_STEP_SUMMARY), credentials.py
+# (GITHUB_ACTIONS, the token and user variables it names).
 
 # distribution/reference: a host (name or IPv4, optional port), then path
 # components of lower-case letters and digits joined by ".", "_", "__" or "-".
@@ -37,7 +86,14 @@ PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 class Settings:
     registry: str = "ghcr.io"
     owner: str = "dask"
-    source: str = "https://github.com/dask/dask-gateway-ci"
+    source: str = "https://github.com/dask/dask-gateway-ci"  # this project, for OCI labels
+    # As given (empty: not set); checked where used.
+    ready_timeout: str = ""
+    ports: str = ""
+    checkout: str = ""
+    docker_host: str = ""
+    # The trust and proxy variables that are set (see trust.forwarded).
+    forwarded: Mapping[str, str] = field(default_factory=dict)
 
     def repository(self, backend: Backend) -> str:
         return f"{self.registry}/{self.owner}/{backend.image}"
@@ -67,7 +123,11 @@ def check_owner(value: str, where: str) -> str:
     return value
 
 
-def load_settings(root: Path = ROOT, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(root: Path = ROOT, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of this run, from pyproject.toml and `environ` (default: os.environ).
+
+    Raises UserError for a bad registry or owner, naming where it came from.
+    """
     environ = os.environ if environ is None else environ
     table: dict = {}
     pyproject = root / "pyproject.toml"
@@ -83,12 +143,18 @@ def load_settings(root: Path = ROOT, environ: dict[str, str] | None = None) -> S
             raise UserError(f"{pyproject} [tool.dask-gateway-ci] {key}: expected a string")
         return value, f"{pyproject.name} [tool.dask-gateway-ci] {key}"
 
-    registry, registry_from = pick("DASK_GATEWAY_CI_REGISTRY", "registry", defaults.registry)
-    owner, owner_from = pick("DASK_GATEWAY_CI_OWNER", "owner", defaults.owner)
+    registry, registry_from = pick(REGISTRY_VARIABLE, "registry", defaults.registry)
+    owner, owner_from = pick(OWNER_VARIABLE, "owner", defaults.owner)
     source = table.get("source", defaults.source)
+    trust = (BUNDLE_VARIABLE, *CA_BUNDLE_VARIABLES, *FORWARDED_VARIABLES)
     return Settings(
         registry=check_registry(registry.strip(), registry_from),
         # GitHub owners are case-insensitive, image names are lower case.
         owner=check_owner(owner.strip().lower(), owner_from),
         source=source,
+        ready_timeout=environ.get(READY_TIMEOUT_VARIABLE, ""),
+        ports=environ.get(PORTS_VARIABLE, ""),
+        checkout=environ.get(SOURCE_VARIABLE, ""),
+        docker_host=environ.get(DOCKER_HOST_VARIABLE, ""),
+        forwarded={name: environ[name] for name in trust if name in environ},
     )

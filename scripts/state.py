@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import UserError
-
-STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"
+from .settings import STATE_VARIABLE
 
 
 def state_dir(environ: dict[str, str] | None = None) -> Path:

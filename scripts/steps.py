@@ -10,7 +10,6 @@ UserError, which the noxfile turns into one line.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from . import (
 )
 from .backends import IMAGE, SERVICES, Backend, ancestors, root_of
 from .cli import PROJECT, STEPS, Context, option, step
-from .engine import first_line
-from .errors import StepFailed, UserError
+from .engine import Container, Disconnected
+from .errors import StepFailed, UserError, first_line
 from .images import (
     build_with_parents,
     check_build_options,
@@ -41,11 +40,10 @@ from .images import (
     require_image,
     save_archive,
 )
-from .settings import LATEST
+from .labels import CONSUMER_LABEL
+from .settings import LATEST, PORTS_VARIABLE, SOURCE_VARIABLE
 
 __all__ = ["STEPS"]  # every step, registered as this module is imported
-
-SOURCE_VARIABLE = "DASK_GATEWAY_SOURCE"
 
 SOURCE_OPTION = option(
     "--source",
@@ -55,7 +53,7 @@ CONSUMER_OPTION = option(
     "--consumer", help="whose checkout --source is (default: recognised from the checkout)"
 )
 PORTS_OPTION = option(
-    "--ports", help=f"none, or +N to move the host ports (default ${ports.PORTS_VARIABLE})"
+    "--ports", help=f"none, or +N to move the host ports (default ${PORTS_VARIABLE})"
 )
 PLATFORM_OPTION = option(
     "--platform",
@@ -146,18 +144,25 @@ def build(ctx: Context, backend: Backend) -> None:
 )
 def verify(ctx: Context, backend: Backend) -> None:
     state.check_writable()
-    containers.ready_timeout(backend)  # a bad override fails before anything starts
+    timeout = containers.ready_timeout(
+        backend, ctx.settings.ready_timeout
+    )  # before anything starts
     platform = _platform(ctx)
     image = require_image(ctx.client, ctx.settings, backend, platform)
     reference = local_reference(ctx.settings, backend, platform)
     started = time.monotonic()
     # No host ports: the checks run inside, and a started container may hold them.
     container = containers.start(
-        ctx.client, backend, image, name=containers.throwaway_name(backend), ports={}
+        ctx.client,
+        backend,
+        image,
+        name=containers.throwaway_name(backend),
+        forwarded=ctx.settings.forwarded,
+        ports={},
     )
     try:
         with log.group(f"verify {reference}"):
-            containers.wait_ready(container, backend)
+            containers.wait_ready(container, backend, timeout)
             containers.run_smoke(container, backend)
     except StepFailed:
         containers.print_logs(container, backend)
@@ -268,13 +273,7 @@ def _prepare_tag_dated(ctx: Context, selected: list[Backend]) -> list[Backend]:
         ctx.dated_tag = candidates[0]
     elif chosen:
         ctx.dated_tag = publish.dated_tag_for(
-            ctx.client,
-            ctx.settings,
-            chosen,
-            day=o.date,
-            suffix=o.suffix,
-            force_date=o.force_date,
-            platforms=_publish_platforms(ctx),
+            ctx.client, ctx.settings, chosen, candidates, platforms=_publish_platforms(ctx)
         )
         log.info(f"dated tag of this run: {ctx.dated_tag} ({', '.join(b.name for b in chosen)})")
     return chosen
@@ -330,29 +329,31 @@ def tag_dated(ctx: Context, backend: Backend) -> None:
 )
 def start(ctx: Context, backend: Backend) -> None:
     client, name = ctx.client, backend.container_name
-    source = _source_dir(ctx.options.source, ctx.invoked_from)
+    source = _source_dir(ctx.options.source, ctx.settings.checkout, ctx.invoked_from)
     consumer = _consumer(ctx, source)
     use = consumer.use(backend) if consumer else None
-    planned = ports.plan(backend.ports, ctx.options.ports)
-    containers.ready_timeout(backend)  # a bad override fails before anything starts
+    planned = ports.plan(backend.ports, ctx.options.ports, ctx.settings.ports)
+    timeout = containers.ready_timeout(
+        backend, ctx.settings.ready_timeout
+    )  # before anything starts
     existing = containers.find(client, name)
     if existing is not None and existing.status == "created":
         # Another start between its create and its start: not a leftover yet.
         existing = containers.await_started(client, name)
     if existing is not None and existing.status == "running":
-        _use_running(existing, backend, source)
+        _use_running(existing, backend, source, timeout)
         return
     if existing is not None:
         # Its last words go to the log before it goes: nothing is lost silently
         # (a start the engine's stop or a kill -9 interrupted leaves one).
         with log.group(
             f"{name} is there but {existing.status} (exit code "
-            f"{containers.exit_code(existing)}), left by an earlier start; its last output"
+            f"{existing.exit_code}), left by an earlier start; its last output"
         ):
-            log.write(existing.logs(tail=20).decode(errors="replace"))
+            log.write(existing.logs(tail=20))
         log.info(f"removing the {existing.status} container {name}")
         containers.remove(existing)
-    ports.check_free(client, planned, "--ports")
+    ports.check_free(client, planned, "--ports", ctx.settings.docker_host)
     platform = _platform(ctx)
     image = require_image(client, ctx.settings, backend, platform)
     log.info(
@@ -365,9 +366,10 @@ def start(ctx: Context, backend: Backend) -> None:
             backend,
             image,
             name=name,
+            forwarded=ctx.settings.forwarded,
             source=source,
             ports=planned,
-            labels={containers.CONSUMER_LABEL: consumer.name} if consumer else None,
+            labels={CONSUMER_LABEL: consumer.name} if consumer else None,
             wanted=use.wanted_capabilities if use else (),
         )
     except containers.NameTaken:
@@ -380,12 +382,12 @@ def start(ctx: Context, backend: Backend) -> None:
                 f"run `nox -s start -- {backend.name}` once more"
             ) from None
         log.info(f"another start of {backend.name} created {name} just now; waiting for it")
-        _use_running(other, backend, source)
+        _use_running(other, backend, source, timeout)
         return
     except KeyboardInterrupt as interrupt:
         raise UserError(f"{signals.describe(interrupt)}: {name} was not started") from None
     try:
-        commands.wait_ready_or_show_logs(container, backend)
+        containers.wait_ready_or_show_logs(container, backend, timeout)
     except StepFailed as error:
         if ctx.options.keep:
             raise StepFailed(
@@ -399,11 +401,7 @@ def start(ctx: Context, backend: Backend) -> None:
     except KeyboardInterrupt as interrupt:
         containers.remove(container)
         raise UserError(f"{signals.describe(interrupt)}: removed the half-started {name}") from None
-    except Exception as error:
-        from requests.exceptions import ConnectionError as Disconnected
-
-        if not isinstance(error, Disconnected):  # the engine stopped or restarted meanwhile
-            raise
+    except Disconnected as error:  # the engine stopped or restarted meanwhile
         raise UserError(
             f"start {backend.name} failed: the Docker engine stopped answering "
             f"({first_line(error)}); once it is back, `nox -s start -- {backend.name}` names "
@@ -411,7 +409,9 @@ def start(ctx: Context, backend: Backend) -> None:
         ) from None
 
 
-def _use_running(container, backend: Backend, source: Path | None) -> None:
+def _use_running(
+    container: Container, backend: Backend, source: Path | None, timeout: float
+) -> None:
     """An already running container: the same checkout, and ready."""
     mounted = containers.mounted_source(container)
     if source is not None and mounted != str(source):
@@ -421,7 +421,7 @@ def _use_running(container, backend: Backend, source: Path | None) -> None:
             f"`nox -s stop -- {backend.name}` and start it again"
         )
     log.info(f"{container.name} is already running" + (f" with {mounted}" if mounted else ""))
-    commands.wait_ready_or_show_logs(container, backend)
+    containers.wait_ready_or_show_logs(container, backend, timeout)
 
 
 @step(
@@ -531,7 +531,8 @@ def stop(ctx: Context, backend: Backend) -> None:
 )
 def cycle(ctx: Context, backend: Backend) -> None:
     # A checkout no consumer declares (or not for this backend) fails before the engine.
-    consumer = _consumer(ctx, _source_dir(ctx.options.source, ctx.invoked_from))
+    source = _source_dir(ctx.options.source, ctx.settings.checkout, ctx.invoked_from)
+    consumer = _consumer(ctx, source)
     if consumer is not None:
         consumer.use(backend)
     existing = containers.find(ctx.client, backend.container_name)
@@ -568,9 +569,10 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
-def _source_dir(option: str | None, invoked_from: Path) -> Path | None:
-    """--source (or $DASK_GATEWAY_SOURCE), taken from where the user ran nox."""
-    value = option or os.environ.get(SOURCE_VARIABLE)
+def _source_dir(option: str | None, configured: str, invoked_from: Path) -> Path | None:
+    """--source, else `configured` (Settings.checkout, $DASK_GATEWAY_SOURCE), taken
+    from where the user ran nox. Raises UserError when it is not a directory."""
+    value = option or configured
     if not value:
         return None
     where = "--source" if option else SOURCE_VARIABLE

@@ -8,41 +8,23 @@ variables at it, rather than ever disabling verification.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import log
 from .errors import UserError
+from .settings import BUNDLE_VARIABLE, CA_BUNDLE_VARIABLES, FORWARDED_VARIABLES
 
-BUNDLE_VARIABLE = "DASK_GATEWAY_CI_CA_BUNDLE"
 CONTAINER_CA_BUNDLE = "/etc/dask-gateway-ci/host-ca-bundle.crt"
-CA_BUNDLE_VARIABLES = (
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "PIP_CERT",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "NODE_EXTRA_CA_CERTS",
-)
-FORWARDED_VARIABLES = (
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "PIP_TRUSTED_HOST",
-    "PIP_DEFAULT_TIMEOUT",
-    "GOPROXY",
-)
 DEFAULT_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 
 
-def host_ca_bundle(environ: dict[str, str]) -> Path | None:
-    """DASK_GATEWAY_CI_CA_BUNDLE (empty: none), else what the host already trusts."""
+def host_ca_bundle(environ: Mapping[str, str]) -> Path | None:
+    """DASK_GATEWAY_CI_CA_BUNDLE (empty: none), else what the host already trusts.
+
+    Raises UserError when DASK_GATEWAY_CI_CA_BUNDLE names no file.
+    """
     if BUNDLE_VARIABLE in environ:
         chosen = environ[BUNDLE_VARIABLE]
         if not chosen:
@@ -86,9 +68,12 @@ def hide_forwarded(environment: list[str] | None) -> None:
             _hide_credentials(value)
 
 
-def forwarded(environ: dict[str, str] | None = None) -> tuple[dict, dict[str, str]]:
-    """(docker volumes, environment) that carry the host's trust into a container."""
-    environ = dict(os.environ if environ is None else environ)
+def forwarded(environ: Mapping[str, str]) -> tuple[dict, dict[str, str]]:
+    """(docker volumes, environment) that carry the host's trust into a container.
+
+    `environ`: the trust and proxy variables (Settings.forwarded). Raises
+    UserError when DASK_GATEWAY_CI_CA_BUNDLE names no file.
+    """
     volumes: dict = {}
     env: dict[str, str] = {}
     bundle = host_ca_bundle(environ)

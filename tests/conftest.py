@@ -87,8 +87,7 @@ def clean(engine, env, built):
 
 def _ours(container) -> bool:
     """Made by this project: a session (its label), from our images, or by a test."""
-    from scripts.containers import STARTED_LABEL
-    from scripts.provenance import BACKEND_LABEL
+    from scripts.labels import BACKEND_LABEL, STARTED_LABEL
 
     labels = container.labels or {}
     return any(key in labels for key in (STARTED_LABEL, BACKEND_LABEL, TEST_LABEL))

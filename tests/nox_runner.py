@@ -88,6 +88,6 @@ def aborted_line(run: Run) -> str:
 
 def our_containers(engine) -> set[str]:
     """Names of every container this project's sessions started, in any state."""
-    from scripts.containers import STARTED_LABEL
+    from scripts.labels import STARTED_LABEL
 
     return {c.name for c in engine.containers.list(all=True, filters={"label": STARTED_LABEL})}

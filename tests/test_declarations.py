@@ -13,15 +13,9 @@ from pathlib import Path
 import pytest
 
 from scripts import backends, consumers
-from scripts.dockerfile import (
-    all_arg_defaults,
-    arg_defaults,
-    env_values,
-    instructions,
-    stage_names,
-    stages,
-)
+from scripts.dockerfile import arg_defaults, instructions, stage_names, stages
 from scripts.errors import DeclarationError, UserError
+from tests.dockerfiles import all_arg_defaults, env_values
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "ci"

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.dockerfiles import all_arg_defaults
 from tests.http_server import serve
 from tests.nox_runner import Run, aborted_line, nox, nox_env
 from tests.registry import free_port, unavailable
@@ -39,19 +40,7 @@ BUILT = re.compile(r"^built \S+ \(target download\): sha256:([0-9a-f]{12})", re.
 
 def arg_defaults(backend: str, ci: Path = CI) -> dict[str, str]:
     """Each ARG's default in ci/<backend>/Dockerfile (any stage), ${X} expanded."""
-    text = (ci / backend / "Dockerfile").read_text()
-    found: dict[str, str] = {}
-    for name, value in re.findall(r"^ARG ([A-Z][A-Z0-9_]*)=(\S+)$", text, re.M):
-        found.setdefault(name, value)
-
-    def expand(value: str) -> str:  # an unknown ${X} stays as it is
-        def one(match: re.Match) -> str:
-            name = match.group(1)
-            return expand(found[name]) if name in found else match.group(0)
-
-        return re.sub(r"\$\{(\w+)\}", one, value)
-
-    return {name: expand(value) for name, value in found.items()}
+    return all_arg_defaults(ci / backend / "Dockerfile")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from docker.errors import NotFound
 
 from scripts import containers
 from scripts.backends import Backend, load_all
+from scripts.engine import Container
 from tests.conftest import PORT_OFFSET, PUBLISHED_PORTS, TEST_LABEL
 from tests.nox_runner import (
     ROOT,
@@ -346,14 +347,15 @@ def test_a_needed_capability_the_engine_refuses_is_one_line(
     backend = _tiny_backend("needs-cap", needed_capabilities=("SYS_RESOURCE",))
     name = f"needs-cap-{int(time.time())}"
     if engine_grants(engine, image, "SYS_RESOURCE"):  # then it must simply be granted
-        container = containers.start(engine, backend, image, name=name)
+        container = containers.start(engine, backend, image, name=name, forwarded={})
         try:
-            assert "SYS_RESOURCE" in str(container.attrs["HostConfig"]["CapAdd"])
+            added = engine.containers.get(container.id).attrs["HostConfig"]["CapAdd"]
+            assert "SYS_RESOURCE" in str(added)
         finally:
             containers.remove(container)
         return
     with pytest.raises(UserError) as raised:
-        containers.start(engine, backend, image, name=name)
+        containers.start(engine, backend, image, name=name, forwarded={})
     assert "this engine cannot grant SYS_RESOURCE, which needs-cap needs" in str(raised.value)
     assert name not in {c.name for c in engine.containers.list(all=True)}
 
@@ -367,11 +369,13 @@ def test_a_wanted_capability_the_engine_refuses_is_a_notice(
     backend = _tiny_backend("wants-cap", wanted_capabilities=("SYS_RESOURCE",))
     granted = engine_grants(engine, image, "SYS_RESOURCE")
     for round_ in ("first", "second"):
-        container = containers.start(engine, backend, image, name=f"wants-cap-{free_port()}")
+        container = containers.start(
+            engine, backend, image, name=f"wants-cap-{free_port()}", forwarded={}
+        )
         try:
             container.reload()
             assert container.status == "running"
-            added = container.attrs["HostConfig"]["CapAdd"] or []
+            added = engine.containers.get(container.id).attrs["HostConfig"]["CapAdd"] or []
             said = capsys.readouterr().err
             notice = "cannot grant SYS_RESOURCE (wanted by wants-cap, not needed" in said
             assert (("SYS_RESOURCE" in added or "CAP_SYS_RESOURCE" in added), notice) == (
@@ -409,7 +413,7 @@ def test_stop_sends_sigterm_first(engine, env, built, tmp_path):
         assert time.monotonic() < deadline, container.logs()
         time.sleep(0.05)
     started = time.monotonic()
-    containers.stop(container, timeout=20)
+    containers.stop(Container(container), timeout=20)
     assert time.monotonic() - started < 15  # it ended on TERM, not on the timeout's KILL
     assert (marker / "got").read_text().strip() == "term"
     assert container.name not in {c.name for c in engine.containers.list(all=True)}

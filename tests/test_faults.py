@@ -16,6 +16,8 @@ import pytest
 
 from scripts import containers
 from scripts.backends import load_all
+from scripts.engine import Container
+from scripts.labels import STARTED_LABEL
 from tests.conftest import TEST_LABEL, _ours
 from tests.nox_runner import (
     ROOT,
@@ -139,7 +141,7 @@ def test_start_names_and_replaces_what_an_interrupted_start_left(engine, env, cl
         name=SLURM.container_name,
         entrypoint=[],
         detach=True,
-        labels={containers.STARTED_LABEL: "slurm"},
+        labels={STARTED_LABEL: "slurm"},
     )
     assert left.wait(timeout=60)["StatusCode"] == 3
     run = nox("-s", "start-slurm", env=env)
@@ -202,7 +204,7 @@ def test_a_relative_source_is_taken_from_where_nox_was_run(engine, env, clean, t
         text=True,
     )
     assert found.returncode == 0, found.stderr
-    mounted = containers.mounted_source(engine.containers.get(SLURM.container_name))
+    mounted = containers.mounted_source(Container(engine.containers.get(SLURM.container_name)))
     assert mounted == str(tmp_path / "checkout")
 
 

@@ -73,7 +73,7 @@ def test_mamba_installs_with_pip_and_says_so(engine, tmp_path):
     from scripts.settings import load_settings
 
     reference = load_settings(environ=nox_env(tmp_path)).reference(load_all()["base"])
-    volumes, environment = trust.forwarded()
+    volumes, environment = trust.forwarded(load_settings().forwarded)
     output = engine.containers.run(
         reference,
         [

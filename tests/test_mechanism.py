@@ -73,19 +73,18 @@ def test_build_arg_needs_key_value():
     assert steps._key_value("A=b=c") == ("A", "b=c")
 
 
-def test_source_must_be_a_directory_taken_from_where_nox_ran(tmp_path, monkeypatch):
-    monkeypatch.delenv("DASK_GATEWAY_SOURCE", raising=False)
+def test_source_must_be_a_directory_taken_from_where_nox_ran(tmp_path):
     here = tmp_path / "elsewhere"
-    assert steps._source_dir(None, here) is None
+    assert steps._source_dir(None, "", here) is None
     with pytest.raises(UserError, match="not a directory"):
-        steps._source_dir(str(tmp_path / "missing"), here)
+        steps._source_dir(str(tmp_path / "missing"), "", here)
     # Any folder: which consumer's checkout it is, is consumers.choose's question.
-    assert steps._source_dir(str(tmp_path), here) == tmp_path.resolve()
+    assert steps._source_dir(str(tmp_path), "", here) == tmp_path.resolve()
     (tmp_path / "tests").mkdir()
-    monkeypatch.setenv("DASK_GATEWAY_SOURCE", str(tmp_path))
-    assert steps._source_dir(None, here) == tmp_path.resolve()
+    configured = settings.load_settings(environ={"DASK_GATEWAY_SOURCE": str(tmp_path)}).checkout
+    assert steps._source_dir(None, configured, here) == tmp_path.resolve()
     # Relative: from where nox was run, not from the noxfile's folder.
-    assert steps._source_dir("..", tmp_path / "tests") == tmp_path.resolve()
+    assert steps._source_dir("..", "", tmp_path / "tests") == tmp_path.resolve()
 
 
 def test_step_registry_is_the_one_table():
@@ -471,15 +470,14 @@ def test_a_one_character_secret_does_not_garble_messages(capsys):
         ("+10000", {8000: 18000, 8786: 18786}),
     ],
 )
-def test_port_plan(spec, planned, monkeypatch):
-    monkeypatch.delenv(ports.PORTS_VARIABLE, raising=False)
+def test_port_plan(spec, planned):
     assert ports.plan((8000, 8786), spec) == planned
 
 
-def test_port_plan_from_environment_and_bad_specs(monkeypatch):
-    monkeypatch.setenv(ports.PORTS_VARIABLE, "none")
-    assert ports.plan((8000,), None) == {}
-    assert ports.plan((8000,), "+1") == {8000: 8001}  # the option wins
+def test_port_plan_from_environment_and_bad_specs():
+    configured = settings.load_settings(environ={ports.PORTS_VARIABLE: "none"}).ports
+    assert ports.plan((8000,), None, configured) == {}
+    assert ports.plan((8000,), "+1", configured) == {8000: 8001}  # the option wins
     for bad in ("8000:9000", "+x", "-5", "+70000"):
         with pytest.raises(UserError):
             ports.plan((8000,), bad)

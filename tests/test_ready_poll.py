@@ -40,9 +40,9 @@ def test_a_poll_resumes_at_the_first_check_not_yet_passed(monkeypatch, typical):
     monkeypatch.setattr(containers, "run_check_until", fake("inside"))
     monkeypatch.setattr(containers, "ensure_running", lambda *_: None)
     monkeypatch.setattr(containers.time, "sleep", lambda _: None)
-    backend = replace(SLURM, ready_timeout=60, ready_typical=typical)
+    backend = replace(SLURM, ready_typical=typical)
 
-    containers.wait_ready(object(), backend)
+    containers.wait_ready(object(), backend, timeout=60)
 
     names = [check.name for check in checks]
     # The first check passed once and was not run again; the second was polled

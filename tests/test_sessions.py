@@ -10,7 +10,7 @@ from scripts import backends
 from scripts.backends import IMAGE, load_all
 from scripts.cli import PROJECT
 from scripts.images import untag
-from scripts.provenance import LABEL_PREFIX
+from scripts.labels import LABEL_PREFIX
 from scripts.settings import load_settings
 from scripts.steps import STEPS
 from tests.nox_runner import TEST_OWNER, nox, nox_env, our_containers

@@ -117,7 +117,7 @@ def test_image_works_with_upstreams_scripts(engine, backend, tmp_path):
     declared = ALL[backend]
     image = image_for(engine, backend)
     source = checkout(tmp_path / "dask-gateway", backend)
-    volumes, environment = trust.forwarded()
+    volumes, environment = trust.forwarded(load_settings().forwarded)
     volumes[str(source)] = {"bind": "/working", "mode": "rw"}
     caps = [cap for cap in way.flags if engine_grants(engine, image, cap)]
     print(f"capabilities added: {caps or 'none'} (upstream asks for {list(way.flags) or 'none'})")
