@@ -282,19 +282,24 @@ def run_check(container: Container, check: Check) -> Result:
     return execute(container, _bounded(check), user=check.user)
 
 
-# Runs "$@" every $2 seconds until it exits 0 or $1 seconds have passed, then
-# prints its last output and exits with its code.
+# Runs "$@" every $2 seconds until it exits 0 with an output that matches $3
+# (when given), or $1 seconds have passed; then prints its last output and
+# exits with its code. The match is grep's PCRE over the whole output with
+# (?m), as Check.matches does; where grep cannot tell (no -P, a pattern it
+# rejects: status 2), the loop ends and Check.matches decides.
 _POLL_LOOP = (
-    'end=$(($(date +%s) + $1)); every=$2; shift 2; while :; do out=$("$@" 2>&1); code=$?; '
-    '[ "$code" -eq 0 ] || [ "$(date +%s)" -ge "$end" ] && break; sleep "$every"; done; '
-    'printf "%s\n" "$out"; exit "$code"'
+    "end=$(($(date +%s) + $1)); every=$2; pattern=$3; shift 3; while :; do "
+    'out=$("$@" 2>&1); code=$?; if [ "$code" -eq 0 ]; then [ -z "$pattern" ] && break; '
+    'printf "%s\\n" "$out" | grep -zPq -- "(?m)$pattern"; [ "$?" -ne 1 ] && break; fi; '
+    '[ "$(date +%s)" -ge "$end" ] && break; sleep "$every"; done; '
+    'printf "%s\\n" "$out"; exit "$code"'
 )
 
 
 def run_check_until(container: Container, check: Check, seconds: float, every: float) -> Result:
-    """The check's command run in the container every `every` seconds until it
-    exits 0 or about `seconds` (whole seconds, at least 1) have passed: its
-    last result, with the output to match.
+    """The check run in the container every `every` seconds until it passes
+    or about `seconds` (whole seconds, at least 1) have passed: its last
+    result, for Check.matches.
 
     One exec for a service that is still coming up instead of one per poll:
     each `docker exec` costs the engine, containerd and runc a process start,
@@ -302,7 +307,10 @@ def run_check_until(container: Container, check: Check, seconds: float, every: f
     MariaDB came up 0.3 s later with execs every 0.05 s). The loop also sees
     the service the moment it answers, not at the next poll from outside.
     """
-    loop = ("sh", "-c", _POLL_LOOP, "sh", f"{max(1, math.ceil(seconds))}", f"{every:g}")
+    loop = (
+        *("sh", "-c", _POLL_LOOP, "sh"),
+        *(f"{max(1, math.ceil(seconds))}", f"{every:g}", check.expect or ""),
+    )
     return execute(container, (*loop, *_bounded(check)), user=check.user)
 
 

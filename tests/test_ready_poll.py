@@ -51,9 +51,9 @@ def test_a_poll_resumes_at_the_first_check_not_yet_passed(monkeypatch, typical):
     assert {how for how, _ in ran} == {"inside" if typical else "outside"}
 
 
-def poll_loop(seconds: str, every: str, *command: str) -> subprocess.CompletedProcess:
+def poll_loop(seconds: str, every: str, expect: str, *command: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["sh", "-c", containers._POLL_LOOP, "sh", seconds, every, *command],
+        ["sh", "-c", containers._POLL_LOOP, "sh", seconds, every, expect, *command],
         capture_output=True,
         text=True,
         timeout=30,
@@ -65,7 +65,7 @@ def test_the_loop_returns_as_soon_as_the_command_succeeds(tmp_path):
     probe = ("sh", "-c", 'test -e "$0" && echo is UP || { echo is DOWN; exit 1; }', str(flag))
     threading.Timer(0.5, flag.touch).start()
     began = time.monotonic()
-    done = poll_loop("20", "0.05", *probe)
+    done = poll_loop("20", "0.05", "", *probe)
     took = time.monotonic() - began
     assert done.returncode == 0, done
     assert done.stdout == "is UP\n"
@@ -73,6 +73,34 @@ def test_the_loop_returns_as_soon_as_the_command_succeeds(tmp_path):
 
 
 def test_the_loop_gives_up_after_its_seconds_with_the_last_output():
-    done = poll_loop("1", "0.05", "sh", "-c", "echo still down; exit 3")
+    done = poll_loop("1", "0.05", "", "sh", "-c", "echo still down; exit 3")
     assert done.returncode == 3
     assert done.stdout == "still down\n"
+
+
+def test_the_loop_waits_for_the_expected_output_not_only_exit_0(tmp_path):
+    # sinfo exits 0 while the node is still "unknown": only "idle" ends the wait.
+    flag = tmp_path / "registered"
+    state = ("sh", "-c", 'test -e "$0" && echo idle || echo unknown', str(flag))
+    threading.Timer(0.5, flag.touch).start()
+    done = poll_loop("20", "0.05", "^(idle|mixed|allocated)$", *state)
+    assert (done.returncode, done.stdout) == (0, "idle\n")
+
+
+def test_the_loop_matches_across_lines_as_check_matches_does():
+    check = replace(SLURM.ready_checks[0], expect=r"(?s)^dask dask$.*^bob bob$")
+    output = "dask dask\nalice alice\nbob bob\n"
+    assert check.matches(0, output)
+    began = time.monotonic()
+    done = poll_loop("5", "0.05", check.expect, "printf", output)
+    assert time.monotonic() - began < 4  # matched at once, not given up after 5 s
+    assert done.returncode == 0
+    assert check.matches(done.returncode, done.stdout)
+
+
+def test_a_pattern_grep_cannot_read_leaves_the_decision_to_python():
+    # grep says 2 (not 1): the loop ends at once instead of waiting out its seconds.
+    began = time.monotonic()
+    done = poll_loop("20", "0.05", "(?:", "echo", "anything")
+    assert done.returncode == 0
+    assert time.monotonic() - began < 10
