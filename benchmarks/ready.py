@@ -39,6 +39,7 @@ from common import median, nox, table
 from scripts import containers
 from scripts.backends import load_all
 from scripts.engine import connect
+from scripts.errors import StepFailed
 from scripts.settings import load_settings
 
 # A job that must run now, per backend, and who submits it (PBS refuses root's jobs).
@@ -105,11 +106,14 @@ def lag(client, backend) -> float:
     def watch() -> None:
         while not returned.is_set():
             container = containers.find(client, backend.container_name)
-            if container is not None and all(
-                passes(container, check) for check in backend.ready_checks
-            ):
-                passed_at.append(time.monotonic())
-                return
+            try:
+                if container is not None and all(
+                    passes(container, check) for check in backend.ready_checks
+                ):
+                    passed_at.append(time.monotonic())
+                    return
+            except StepFailed:  # created, not yet running: nothing to exec in yet
+                pass
             time.sleep(FAST_POLL)
 
     watcher = threading.Thread(target=watch)
