@@ -386,7 +386,7 @@ def published_if_current(
     from .registry import Unauthorized, api_host, labels, lookup
 
     reference = local_reference(settings, backend, platform)
-    creds = credentials(settings.registry)
+    creds = credentials(settings.registry, settings.credentials)
     api = RegistryAPI(api_host(settings.registry), creds)
     name = f"{settings.owner}/{backend.image}"
     try:

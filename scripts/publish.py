@@ -133,7 +133,7 @@ class Target:
         self.platform = platform
         self.repository = settings.repository(backend)
         self.name = f"{settings.owner}/{backend.image}"  # the path inside the registry
-        self.creds: Credentials | None = credentials(settings.registry)
+        self.creds: Credentials | None = credentials(settings.registry, settings.credentials)
         self.api = RegistryAPI(api_host(settings.registry), self.creds)
         self.local = local_reference(settings, backend, platform)
         self.image = require_image(client, settings, backend, platform)

@@ -63,6 +63,16 @@ FORWARDED_VARIABLES = (
     "PIP_DEFAULT_TIMEOUT",
     "GOPROXY",
 )
+# Registry credentials (credentials.py says which registry each is for):
+CREDENTIAL_VARIABLES = (
+    "DASK_GATEWAY_CI_REGISTRY_TOKEN",
+    "DASK_GATEWAY_CI_REGISTRY_USER",
+    "GHCR_TOKEN",
+    "GHCR_USER",
+    "GITHUB_ACTOR",
+    "GITHUB_TOKEN",
+    "GITHUB_ACTIONS",
+)
 # Read where they are used, each by one module:
 STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"  # state.py; else $XDG_STATE_HOME/dask-gateway-ci
 RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.py
@@ -70,8 +80,7 @@ BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.py
 SELECTION_VARIABLE = "DASK_GATEWAY_CI_BACKENDS"  # plan.py
 ARCHITECTURES_VARIABLE = "DASK_GATEWAY_CI_ARCHITECTURES"  # plan.py
 CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.py; and DOCKER_CONFIG there
-# log.py (GITHUB_ACTIONS), summary.py (GITHUB_STEP_SUMMARY), credentials.py
-# (GITHUB_ACTIONS, the token and user variables it names).
+# log.py (GITHUB_ACTIONS), summary.py (GITHUB_STEP_SUMMARY).
 
 # distribution/reference: a host (name or IPv4, optional port), then path
 # components of lower-case letters and digits joined by ".", "_", "__" or "-".
@@ -94,6 +103,8 @@ class Settings:
     docker_host: str = ""
     # The trust and proxy variables that are set (see trust.forwarded).
     forwarded: Mapping[str, str] = field(default_factory=dict)
+    # The registry credential variables that are set (see credentials.credentials).
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def repository(self, backend: Backend) -> str:
         return f"{self.registry}/{self.owner}/{backend.image}"
@@ -157,4 +168,5 @@ def load_settings(root: Path = ROOT, environ: Mapping[str, str] | None = None) -
         checkout=environ.get(SOURCE_VARIABLE, ""),
         docker_host=environ.get(DOCKER_HOST_VARIABLE, ""),
         forwarded={name: environ[name] for name in trust if name in environ},
+        credentials={name: environ[name] for name in CREDENTIAL_VARIABLES if name in environ},
     )

@@ -734,7 +734,7 @@ def test_one_dated_tag_names_one_consistent_set(client, registry, tiny):
     )
     assert both.returncode == 0, both.stdout
     assert f"dated tag of this run: {DAY}.1 (tiny, leaf)" in both.stdout
-    api = RegistryAPI(registry.address, credentials(registry.address))
+    api = RegistryAPI(registry.address, credentials(registry.address, os.environ))
     for name in ("tiny", "leaf"):
         found = api.lookup(f"publishtest/publishtest-{name}", f"{DAY}.1")
         local = client.images.get(f"{repository}/publishtest-{name}:latest")
