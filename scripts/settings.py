@@ -63,6 +63,8 @@ FORWARDED_VARIABLES = (
     "PIP_DEFAULT_TIMEOUT",
     "GOPROXY",
 )
+SELECTION_VARIABLE = "DASK_GATEWAY_CI_BACKENDS"  # plan.selected
+ARCHITECTURES_VARIABLE = "DASK_GATEWAY_CI_ARCHITECTURES"  # plan.architectures
 # Registry credentials (credentials.py says which registry each is for):
 CREDENTIAL_VARIABLES = (
     "DASK_GATEWAY_CI_REGISTRY_TOKEN",
@@ -77,8 +79,6 @@ CREDENTIAL_VARIABLES = (
 STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"  # state.py; else $XDG_STATE_HOME/dask-gateway-ci
 RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.py
 BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.py
-SELECTION_VARIABLE = "DASK_GATEWAY_CI_BACKENDS"  # plan.py
-ARCHITECTURES_VARIABLE = "DASK_GATEWAY_CI_ARCHITECTURES"  # plan.py
 CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.py; and DOCKER_CONFIG there
 # log.py (GITHUB_ACTIONS), summary.py (GITHUB_STEP_SUMMARY).
 
@@ -101,6 +101,8 @@ class Settings:
     ports: str = ""
     checkout: str = ""
     docker_host: str = ""
+    selection: str = ""  # the backends of a plan
+    architectures: str = ""  # the architectures of a plan
     # The trust and proxy variables that are set (see trust.forwarded).
     forwarded: Mapping[str, str] = field(default_factory=dict)
     # The registry credential variables that are set (see credentials.credentials).
@@ -167,6 +169,8 @@ def load_settings(root: Path = ROOT, environ: Mapping[str, str] | None = None) -
         ports=environ.get(PORTS_VARIABLE, ""),
         checkout=environ.get(SOURCE_VARIABLE, ""),
         docker_host=environ.get(DOCKER_HOST_VARIABLE, ""),
+        selection=environ.get(SELECTION_VARIABLE, ""),
+        architectures=environ.get(ARCHITECTURES_VARIABLE, ""),
         forwarded={name: environ[name] for name in trust if name in environ},
         credentials={name: environ[name] for name in CREDENTIAL_VARIABLES if name in environ},
     )

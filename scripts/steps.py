@@ -659,4 +659,4 @@ def bootstrap_debian(ctx: Context, _backend: None) -> None:
     scope=PROJECT,
 )
 def plan_run(ctx: Context, _backend: None) -> None:
-    print(plan.render(plan.plan(ctx.backends)), end="", flush=True)
+    print(plan.render(plan.plan(ctx.backends, ctx.settings)), end="", flush=True)
