@@ -354,6 +354,7 @@ def _push_index(targets: list[Target], tag: str, digests: list[str]) -> None:
         tag,
         digests,
         first.creds,
+        first.settings,
     )
     architectures = ", ".join(t.architecture for t in targets)
     log.info(f"pushed {reference}: {pushed} (index of {architectures})")

@@ -65,6 +65,10 @@ FORWARDED_VARIABLES = (
 )
 SELECTION_VARIABLE = "DASK_GATEWAY_CI_BACKENDS"  # plan.selected
 ARCHITECTURES_VARIABLE = "DASK_GATEWAY_CI_ARCHITECTURES"  # plan.architectures
+CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.docker_cli
+# The user's Docker config (its logins), copied for `docker manifest` by
+# index.py; docker-py reads it itself for the engine's pushes.
+DOCKER_CONFIG_VARIABLE = "DOCKER_CONFIG"
 # Registry credentials (credentials.py says which registry each is for):
 CREDENTIAL_VARIABLES = (
     "DASK_GATEWAY_CI_REGISTRY_TOKEN",
@@ -79,7 +83,6 @@ CREDENTIAL_VARIABLES = (
 STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"  # state.py; else $XDG_STATE_HOME/dask-gateway-ci
 RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.py
 BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.py
-CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.py; and DOCKER_CONFIG there
 # log.py (GITHUB_ACTIONS), summary.py (GITHUB_STEP_SUMMARY).
 
 # distribution/reference: a host (name or IPv4, optional port), then path
@@ -103,6 +106,8 @@ class Settings:
     docker_host: str = ""
     selection: str = ""  # the backends of a plan
     architectures: str = ""  # the architectures of a plan
+    docker_cli: str = ""  # the Docker CLI for `docker manifest`
+    docker_config: str = ""  # the user's Docker config folder
     # The trust and proxy variables that are set (see trust.forwarded).
     forwarded: Mapping[str, str] = field(default_factory=dict)
     # The registry credential variables that are set (see credentials.credentials).
@@ -171,6 +176,8 @@ def load_settings(root: Path = ROOT, environ: Mapping[str, str] | None = None) -
         docker_host=environ.get(DOCKER_HOST_VARIABLE, ""),
         selection=environ.get(SELECTION_VARIABLE, ""),
         architectures=environ.get(ARCHITECTURES_VARIABLE, ""),
+        docker_cli=environ.get(CLI_VARIABLE, ""),
+        docker_config=environ.get(DOCKER_CONFIG_VARIABLE, ""),
         forwarded={name: environ[name] for name in trust if name in environ},
         credentials={name: environ[name] for name in CREDENTIAL_VARIABLES if name in environ},
     )

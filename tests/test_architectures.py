@@ -133,7 +133,7 @@ def test_the_docker_cli_needs_its_manifest_command(tmp_path):
     fake.write_text("#!/bin/sh\necho 'Usage: docker [OPTIONS] COMMAND'\nexit 1\n")
     fake.chmod(0o755)
     with pytest.raises(UserError, match="has no `docker manifest` command"):
-        index.docker_cli({index.CLI_VARIABLE: str(fake)})
+        index.docker_cli(load_settings(environ={index.CLI_VARIABLE: str(fake)}))
 
 
 # -- against the engine and a local registry --------------------------------------------
