@@ -390,8 +390,8 @@ def published_if_current(
     api = RegistryAPI(api_host(settings.registry), creds)
     name = f"{settings.owner}/{backend.image}"
     try:
-        found = lookup(api, name, LATEST)
-        published = labels(api, name, found.digest) if found.state == PRESENT else None
+        found = lookup(api, name, LATEST, settings)
+        published = labels(api, name, found.digest, settings) if found.state == PRESENT else None
     except (Unauthorized, StepFailed) as error:
         log.info(f"cannot look up {reference} ({error}); building it")
         return None

@@ -121,7 +121,7 @@ def push_index(
             return cli_run("push", *insecure, reference)
 
         with log.group(f"push index {reference} ({len(digests)} images)"):
-            pushed = with_retries(registry, attempt)
+            pushed = with_retries(registry, attempt, settings)
     found = DIGEST.findall(pushed)
     if not found:
         raise StepFailed(f"docker manifest push {reference} printed no digest: {pushed.strip()}")

@@ -154,10 +154,14 @@ class Target:
         return f"{tag}-{self.platform.architecture}" if self.platform else tag
 
     def lookup(self, tag: str) -> Lookup:
-        return authorized(self.settings.registry, self.creds, lookup, self.api, self.name, tag)
+        return authorized(
+            self.settings.registry, self.creds, lookup, self.api, self.name, tag, self.settings
+        )
 
     def remote_labels(self, tag: str) -> dict[str, str] | None:
-        return authorized(self.settings.registry, self.creds, labels, self.api, self.name, tag)
+        return authorized(
+            self.settings.registry, self.creds, labels, self.api, self.name, tag, self.settings
+        )
 
 
 def targets_of(
@@ -241,6 +245,7 @@ def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> str:
             target.repository,
             tag,
             target.creds,
+            target.settings,
         )
     target.identities.add(stream.digest)
     sizes = image_sizes(client, target.image)

@@ -69,6 +69,8 @@ CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.docker_cli
 # The user's Docker config (its logins), copied for `docker manifest` by
 # index.py; docker-py reads it itself for the engine's pushes.
 DOCKER_CONFIG_VARIABLE = "DOCKER_CONFIG"
+RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.retry_policy
+BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.retry_policy
 # Registry credentials (credentials.py says which registry each is for):
 CREDENTIAL_VARIABLES = (
     "DASK_GATEWAY_CI_REGISTRY_TOKEN",
@@ -81,8 +83,6 @@ CREDENTIAL_VARIABLES = (
 )
 # Read where they are used, each by one module:
 STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"  # state.py; else $XDG_STATE_HOME/dask-gateway-ci
-RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.py
-BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.py
 # log.py (GITHUB_ACTIONS), summary.py (GITHUB_STEP_SUMMARY).
 
 # distribution/reference: a host (name or IPv4, optional port), then path
@@ -106,6 +106,8 @@ class Settings:
     docker_host: str = ""
     selection: str = ""  # the backends of a plan
     architectures: str = ""  # the architectures of a plan
+    push_retries: str = ""  # how often a registry is asked again
+    push_backoff: str = ""  # the first wait before asking again
     docker_cli: str = ""  # the Docker CLI for `docker manifest`
     docker_config: str = ""  # the user's Docker config folder
     # The trust and proxy variables that are set (see trust.forwarded).
@@ -176,6 +178,8 @@ def load_settings(root: Path = ROOT, environ: Mapping[str, str] | None = None) -
         docker_host=environ.get(DOCKER_HOST_VARIABLE, ""),
         selection=environ.get(SELECTION_VARIABLE, ""),
         architectures=environ.get(ARCHITECTURES_VARIABLE, ""),
+        push_retries=environ.get(RETRIES_VARIABLE, ""),
+        push_backoff=environ.get(BACKOFF_VARIABLE, ""),
         docker_cli=environ.get(CLI_VARIABLE, ""),
         docker_config=environ.get(DOCKER_CONFIG_VARIABLE, ""),
         forwarded={name: environ[name] for name in trust if name in environ},

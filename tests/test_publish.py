@@ -115,11 +115,11 @@ def test_push_refuses_dated_tags(tmp_path):
 
 
 def test_retry_policy_from_environment():
-    assert registry_ops.retry_policy({}) == (3, 1.0)
+    assert registry_ops.retry_policy(load_settings(environ={})) == (3, 1.0)
     environ = {registry_ops.RETRIES_VARIABLE: "1", registry_ops.BACKOFF_VARIABLE: "0.01"}
-    assert registry_ops.retry_policy(environ) == (1, 0.01)
+    assert registry_ops.retry_policy(load_settings(environ=environ)) == (1, 0.01)
     with pytest.raises(UserError):
-        registry_ops.retry_policy({registry_ops.RETRIES_VARIABLE: "many"})
+        registry_ops.retry_policy(load_settings(environ={registry_ops.RETRIES_VARIABLE: "many"}))
 
 
 def test_push_stream_reads_error_and_final_digest():
@@ -180,11 +180,13 @@ def test_push_stream_errors_are_retried_with_backoff_then_reported(monkeypatch):
     monkeypatch.setenv(registry_ops.RETRIES_VARIABLE, "2")
     monkeypatch.setenv(registry_ops.BACKOFF_VARIABLE, "0")
     api = _FlakyAPI(failures=2)
-    stream = registry_ops.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
+    stream = registry_ops.push_tag(
+        _FakeClient(api), "127.0.0.1:1/o/i", "latest", None, load_settings()
+    )
     assert (api.calls, stream.digest) == (3, "sha256:" + "0" * 64)
     api = _FlakyAPI(failures=5)
     with pytest.raises(StepFailed, match="still failing after 3 attempts"):
-        registry_ops.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
+        registry_ops.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None, load_settings())
     assert api.calls == 3
 
 
