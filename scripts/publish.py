@@ -254,7 +254,12 @@ def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> str:
         f"image {sizes.describe()})"
     )
     summary.record_image(
-        reference, tags=[tag], digest=stream.digest, size=sizes.unpacked, result=result
+        reference,
+        tags=[tag],
+        digest=stream.digest,
+        size=sizes.unpacked,
+        result=result,
+        settings=target.settings,
     )
     return stream.digest
 
@@ -270,6 +275,7 @@ def _dry_run(target: Target, tag: str, gate: str, policy: str) -> None:
         tags=[tag],
         size=image_sizes(target.client, target.image).unpacked,
         result="dry run",
+        settings=target.settings,
     )
 
 
@@ -282,6 +288,7 @@ def _already(target: Target, tag: str, found: Lookup) -> None:
         digest=found.digest,
         size=image_sizes(target.client, target.image).unpacked,
         result="already present",
+        settings=target.settings,
     )
 
 
@@ -363,7 +370,13 @@ def _push_index(targets: list[Target], tag: str, digests: list[str]) -> None:
     )
     architectures = ", ".join(t.architecture for t in targets)
     log.info(f"pushed {reference}: {pushed} (index of {architectures})")
-    summary.record_image(reference, tags=[tag], digest=pushed, result=f"index ({architectures})")
+    summary.record_image(
+        reference,
+        tags=[tag],
+        digest=pushed,
+        result=f"index ({architectures})",
+        settings=first.settings,
+    )
 
 
 def _dry_run_index(targets: list[Target], tag: str) -> None:

@@ -71,6 +71,7 @@ CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.docker_cli
 DOCKER_CONFIG_VARIABLE = "DOCKER_CONFIG"
 RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.retry_policy
 BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.retry_policy
+STEP_SUMMARY_VARIABLE = "GITHUB_STEP_SUMMARY"  # summary.record_image: the job summary
 # Registry credentials (credentials.py says which registry each is for):
 CREDENTIAL_VARIABLES = (
     "DASK_GATEWAY_CI_REGISTRY_TOKEN",
@@ -83,7 +84,7 @@ CREDENTIAL_VARIABLES = (
 )
 # Read where they are used, each by one module:
 STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"  # state.py; else $XDG_STATE_HOME/dask-gateway-ci
-# log.py (GITHUB_ACTIONS), summary.py (GITHUB_STEP_SUMMARY).
+# log.py (GITHUB_ACTIONS).
 
 # distribution/reference: a host (name or IPv4, optional port), then path
 # components of lower-case letters and digits joined by ".", "_", "__" or "-".
@@ -110,6 +111,7 @@ class Settings:
     push_backoff: str = ""  # the first wait before asking again
     docker_cli: str = ""  # the Docker CLI for `docker manifest`
     docker_config: str = ""  # the user's Docker config folder
+    step_summary: str = ""  # the GitHub job summary file; empty: not in a workflow
     # The trust and proxy variables that are set (see trust.forwarded).
     forwarded: Mapping[str, str] = field(default_factory=dict)
     # The registry credential variables that are set (see credentials.credentials).
@@ -182,6 +184,7 @@ def load_settings(root: Path = ROOT, environ: Mapping[str, str] | None = None) -
         push_backoff=environ.get(BACKOFF_VARIABLE, ""),
         docker_cli=environ.get(CLI_VARIABLE, ""),
         docker_config=environ.get(DOCKER_CONFIG_VARIABLE, ""),
+        step_summary=environ.get(STEP_SUMMARY_VARIABLE, ""),
         forwarded={name: environ[name] for name in trust if name in environ},
         credentials={name: environ[name] for name in CREDENTIAL_VARIABLES if name in environ},
     )

@@ -166,7 +166,7 @@ def verify(ctx: Context, backend: Backend) -> None:
             containers.run_smoke(container, backend)
     except StepFailed:
         containers.print_logs(container, backend)
-        summary.record_image(reference, result="verify failed")
+        summary.record_image(reference, result="verify failed", settings=ctx.settings)
         raise
     finally:
         containers.remove(container)
@@ -178,6 +178,7 @@ def verify(ctx: Context, backend: Backend) -> None:
         size=image_sizes(ctx.client, image).unpacked,
         verify_seconds=seconds,
         result="verified",
+        settings=ctx.settings,
     )
     log.info(f"verified {reference} ({image[:19]}) in {seconds:.0f}s")
 
