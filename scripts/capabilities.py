@@ -119,6 +119,7 @@ def engine_key(client) -> str:
 def _memory_path():
     from .state import state_dir
 
+    # From os.environ: containers.start, where this cache is used, has no Settings.
     return state_dir() / "refused-capabilities.json"
 
 

@@ -185,7 +185,7 @@ def targets_of(
 
 def _gate(target: Target, allow_unverified: bool) -> str:
     """The verify gate: say how the image was checked, or refuse it."""
-    record = state.verification(target.image)
+    record = state.verification(target.settings, target.image)
     reference = target.local
     if record is not None:
         return f"verified {record.get('verified_at', '')}".strip()

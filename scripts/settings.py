@@ -71,6 +71,9 @@ CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.docker_cli
 DOCKER_CONFIG_VARIABLE = "DOCKER_CONFIG"
 RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.retry_policy
 BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.retry_policy
+# state.state_dir: $DASK_GATEWAY_CI_STATE_DIR, else $XDG_STATE_HOME/dask-gateway-ci
+STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"
+XDG_STATE_VARIABLE = "XDG_STATE_HOME"
 STEP_SUMMARY_VARIABLE = "GITHUB_STEP_SUMMARY"  # summary.record_image: the job summary
 # Registry credentials (credentials.py says which registry each is for):
 CREDENTIAL_VARIABLES = (
@@ -83,7 +86,6 @@ CREDENTIAL_VARIABLES = (
     "GITHUB_ACTIONS",
 )
 # Read where they are used, each by one module:
-STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"  # state.py; else $XDG_STATE_HOME/dask-gateway-ci
 # log.py (GITHUB_ACTIONS).
 
 # distribution/reference: a host (name or IPv4, optional port), then path
@@ -111,6 +113,8 @@ class Settings:
     push_backoff: str = ""  # the first wait before asking again
     docker_cli: str = ""  # the Docker CLI for `docker manifest`
     docker_config: str = ""  # the user's Docker config folder
+    state_dir: str = ""  # where verified images are recorded (state.state_dir)
+    xdg_state_home: str = ""
     step_summary: str = ""  # the GitHub job summary file; empty: not in a workflow
     # The trust and proxy variables that are set (see trust.forwarded).
     forwarded: Mapping[str, str] = field(default_factory=dict)
@@ -184,6 +188,8 @@ def load_settings(root: Path = ROOT, environ: Mapping[str, str] | None = None) -
         push_backoff=environ.get(BACKOFF_VARIABLE, ""),
         docker_cli=environ.get(CLI_VARIABLE, ""),
         docker_config=environ.get(DOCKER_CONFIG_VARIABLE, ""),
+        state_dir=environ.get(STATE_VARIABLE, ""),
+        xdg_state_home=environ.get(XDG_STATE_VARIABLE, ""),
         step_summary=environ.get(STEP_SUMMARY_VARIABLE, ""),
         forwarded={name: environ[name] for name in trust if name in environ},
         credentials={name: environ[name] for name in CREDENTIAL_VARIABLES if name in environ},

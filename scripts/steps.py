@@ -143,7 +143,7 @@ def build(ctx: Context, backend: Backend) -> None:
     options=(PLATFORM_OPTION,),
 )
 def verify(ctx: Context, backend: Backend) -> None:
-    state.check_writable()
+    state.check_writable(ctx.settings)
     timeout = containers.ready_timeout(
         backend, ctx.settings.ready_timeout
     )  # before anything starts
@@ -171,7 +171,7 @@ def verify(ctx: Context, backend: Backend) -> None:
     finally:
         containers.remove(container)
     seconds = time.monotonic() - started
-    state.record_verified(image, backend.name, seconds)
+    state.record_verified(ctx.settings, image, backend.name, seconds)
     summary.record_image(
         reference,
         tags=[LATEST],

@@ -170,7 +170,7 @@ def made(client, backend, tmp_path):  # noqa: F811 - the fixture imported above
         image = client.images.get(reference).id
         ids.append(image)
         if verified:
-            state.record_verified(image, backend.name, 1.0)
+            state.record_verified(load_settings(), image, backend.name, 1.0)
         return image
 
     yield make

@@ -280,7 +280,7 @@ def _dated(client, backend, **options) -> None:
 
 
 def _verified(image_id: str) -> str:
-    state.record_verified(image_id, "publishtest", 1.0)
+    state.record_verified(load_settings(), image_id, "publishtest", 1.0)
     return image_id
 
 
@@ -783,7 +783,9 @@ def test_push_loads_the_image_another_job_built_and_verified(client, registry, l
         built = _nox_in(project, "-s", "build-tiny", "--", "--save", str(archive))
         assert built.returncode == 0
         image = client.images.get(reference).id
-        state.record_verified(image, "tiny", 1.0)  # as the verifying job's state dir carries it
+        state.record_verified(
+            load_settings(), image, "tiny", 1.0
+        )  # as the verifying job's state dir carries it
         client.images.remove(reference)
         pushed = _nox_in(project, "-s", "push-tiny", "--", "--load", str(archive))
         assert pushed.returncode == 0
