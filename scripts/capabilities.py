@@ -106,6 +106,7 @@ def engine_key(client) -> str:
     from .engine import engine_id
 
     key = engine_id(client)
+    # The socket docker-py connected to (engine.connect: from_env reads DOCKER_HOST).
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if host.startswith("unix://"):
         try:

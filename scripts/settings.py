@@ -8,10 +8,13 @@ pyproject.toml and can be overridden without editing code:
 
 Both are checked here, before anything talks to the engine, so a typo is one
 line naming where the value came from. The run's other settings (ready
-timeout, host ports, the checkout, what is forwarded into containers) are
-read here too, as given, and checked by the step that uses them
-(containers.ready_timeout, ports.plan, trust.forwarded, steps): a bad value
-fails only the steps that need it, with the message naming the variable.
+timeout, host ports, the checkout, what is forwarded into containers, a
+plan's backends and architectures, push retries, the Docker CLI and config,
+the state folder, the job summary, registry credentials) are read here too,
+as given, and checked by the step that uses them (containers.ready_timeout,
+ports.plan, trust.forwarded, steps, plan, registry.retry_policy,
+index.docker_cli, credentials): a bad value fails only the steps that need
+it, with the message naming the variable.
 """
 
 from __future__ import annotations
@@ -85,8 +88,12 @@ CREDENTIAL_VARIABLES = (
     "GITHUB_TOKEN",
     "GITHUB_ACTIONS",
 )
-# Read where they are used, each by one module:
-# log.py (GITHUB_ACTIONS).
+# Still read from os.environ where they are used, each for a reason given there:
+# log.in_github_actions (GITHUB_ACTIONS: printing happens before and outside
+# sessions), engine.connect and capabilities.engine_key (DOCKER_HOST, as
+# docker-py's from_env reads it), capabilities' cache of refusals (the state
+# folder: containers.start has no Settings), workflows (`nox -s workflows` is
+# no step session: act gets the environment; --registry's user and token).
 
 # distribution/reference: a host (name or IPv4, optional port), then path
 # components of lower-case letters and digits joined by ".", "_", "__" or "-".
