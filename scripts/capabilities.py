@@ -106,6 +106,7 @@ def engine_key(client) -> str:
     from .engine import engine_id
 
     key = engine_id(client)
+    # The socket docker-py connected to (engine.connect: from_env reads DOCKER_HOST).
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if host.startswith("unix://"):
         try:
@@ -119,6 +120,7 @@ def engine_key(client) -> str:
 def _memory_path():
     from .state import state_dir
 
+    # From os.environ: containers.start, where this cache is used, has no Settings.
     return state_dir() / "refused-capabilities.json"
 
 

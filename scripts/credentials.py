@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import log
@@ -20,14 +20,15 @@ class Credentials:
         return {"username": self.username, "password": self.token}
 
 
-def credentials(registry: str, environ: dict[str, str] | None = None) -> Credentials | None:
+def credentials(registry: str, environ: Mapping[str, str]) -> Credentials | None:
     """A token from the environment, or None: then the Docker config's login is used.
+
+    `environ`: the credential variables that are set (Settings.credentials).
 
     DASK_GATEWAY_CI_REGISTRY_TOKEN + DASK_GATEWAY_CI_REGISTRY_USER work for any
     registry. For ghcr.io only (never sent elsewhere): GHCR_TOKEN with GHCR_USER
     or GITHUB_ACTOR, then, in GitHub Actions, GITHUB_TOKEN with GITHUB_ACTOR.
     """
-    environ = os.environ if environ is None else environ
     choices = [("DASK_GATEWAY_CI_REGISTRY_TOKEN", ("DASK_GATEWAY_CI_REGISTRY_USER",))]
     if registry == "ghcr.io":
         choices.append(("GHCR_TOKEN", ("GHCR_USER", "GITHUB_ACTOR")))

@@ -70,6 +70,8 @@ def connect(timeout: int = 600):
     # nox logs at DEBUG; the HTTP chatter of every API call is noise.
     for noisy in ("urllib3", "docker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # docker-py's from_env reads DOCKER_HOST (and its TLS variables) itself; the
+    # message names what it read, whoever calls (sessions, workflows, benchmarks).
     where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
         client = docker.from_env(timeout=timeout)

@@ -386,12 +386,12 @@ def published_if_current(
     from .registry import Unauthorized, api_host, labels, lookup
 
     reference = local_reference(settings, backend, platform)
-    creds = credentials(settings.registry)
+    creds = credentials(settings.registry, settings.credentials)
     api = RegistryAPI(api_host(settings.registry), creds)
     name = f"{settings.owner}/{backend.image}"
     try:
-        found = lookup(api, name, LATEST)
-        published = labels(api, name, found.digest) if found.state == PRESENT else None
+        found = lookup(api, name, LATEST, settings)
+        published = labels(api, name, found.digest, settings) if found.state == PRESENT else None
     except (Unauthorized, StepFailed) as error:
         log.info(f"cannot look up {reference} ({error}); building it")
         return None

@@ -9,7 +9,7 @@ runners, Debian's docker.io, Docker Desktop), without BuildKit or
 whatever image store the engine has.
 
     push_index("ghcr.io/dask/dask-gateway-ci-slurm", "latest",
-               ["sha256:<amd64 manifest>", "sha256:<arm64 manifest>"], creds)
+               ["sha256:<amd64 manifest>", "sha256:<arm64 manifest>"], creds, settings)
 
 Each entry is a manifest already pushed to the same repository (by the
 engine, under an architecture tag); `docker manifest create` reads each
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,18 +31,17 @@ from .credentials import Credentials
 from .distribution import is_loopback
 from .errors import StepFailed, UserError
 from .registry import classify, registry_of, with_retries
-from .settings import CLI_VARIABLE
+from .settings import CLI_VARIABLE, Settings
 
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def docker_cli(environ: dict[str, str] | None = None) -> str:
+def docker_cli(settings: Settings) -> str:
     """The Docker CLI: $DASK_GATEWAY_CI_DOCKER_CLI, else `docker` on PATH.
 
     Raises UserError when there is none, or it has no `manifest` command.
     """
-    environ = os.environ if environ is None else environ
-    given = environ.get(CLI_VARIABLE)
+    given = settings.docker_cli
     found = given if given and Path(given).is_file() else shutil.which("docker")
     if found is None:
         raise UserError(
@@ -61,7 +59,9 @@ def docker_cli(environ: dict[str, str] | None = None) -> str:
     return found
 
 
-def _config_folder(folder: Path, registry: str, creds: Credentials | None) -> None:
+def _config_folder(
+    folder: Path, registry: str, creds: Credentials | None, settings: Settings
+) -> None:
     """A Docker config of its own for this push: the token from the environment
     when there is one, else the user's own config (its logins and helpers).
     Of its own also because `docker manifest create` keeps what it made there."""
@@ -72,25 +72,31 @@ def _config_folder(folder: Path, registry: str, creds: Credentials | None) -> No
         path.touch(mode=0o600)
         path.write_text(json.dumps(config))
         return
-    home = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    home = Path(settings.docker_config or Path.home() / ".docker")
     if (home / "config.json").is_file():
         shutil.copy2(home / "config.json", folder / "config.json")
 
 
-def push_index(repository: str, tag: str, digests: list[str], creds: Credentials | None) -> str:
+def push_index(
+    repository: str,
+    tag: str,
+    digests: list[str],
+    creds: Credentials | None,
+    settings: Settings,
+) -> str:
     """Create `repository:tag` as an index of `digests` and push it; its digest.
 
     Raises UserError (no usable CLI), registry.Unauthorized (credentials
     refused; publish.py's `authorized` says what to set) and StepFailed (the
     registry still failing after retries, or the CLI failing otherwise).
     """
-    cli = docker_cli()
+    cli = docker_cli(settings)
     registry = registry_of(repository)
     reference = f"{repository}:{tag}"
     # Plain HTTP is for loopback registries only, as the engine allows it.
     insecure = ["--insecure"] if is_loopback(registry) else []
     with tempfile.TemporaryDirectory(prefix="dask-gateway-ci-docker-config-") as folder:
-        _config_folder(Path(folder), registry, creds)
+        _config_folder(Path(folder), registry, creds, settings)
 
         def cli_run(*args: str) -> str:
             done = subprocess.run(
@@ -115,7 +121,7 @@ def push_index(repository: str, tag: str, digests: list[str], creds: Credentials
             return cli_run("push", *insecure, reference)
 
         with log.group(f"push index {reference} ({len(digests)} images)"):
-            pushed = with_retries(registry, attempt)
+            pushed = with_retries(registry, attempt, settings)
     found = DIGEST.findall(pushed)
     if not found:
         raise StepFailed(f"docker manifest push {reference} printed no digest: {pushed.strip()}")

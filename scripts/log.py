@@ -42,6 +42,8 @@ def write(text: str) -> None:
 
 
 def in_github_actions() -> bool:
+    # From os.environ: printing happens everywhere (the noxfile, workflows,
+    # before a session's settings are read), and no run sets it differently.
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 

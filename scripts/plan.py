@@ -25,20 +25,18 @@ local run of a workflow.
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import UTC, datetime
 
 from .backends import Backend, ancestors
 from .errors import UserError
 from .platforms import PLAIN, SUPPORTED
-from .settings import ARCHITECTURES_VARIABLE, SELECTION_VARIABLE
+from .settings import ARCHITECTURES_VARIABLE, SELECTION_VARIABLE, Settings
 
 
-def selected(backends: dict[str, Backend], environ: dict[str, str] | None = None) -> list[str]:
+def selected(backends: dict[str, Backend], settings: Settings) -> list[str]:
     """The image names of this run, parents first (every declared one by default)."""
-    environ = os.environ if environ is None else environ
-    names = [n for n in re.split(r"[,\s]+", environ.get(SELECTION_VARIABLE, "")) if n]
+    names = [n for n in re.split(r"[,\s]+", settings.selection) if n]
     if not names:
         return list(backends)
     unknown = [n for n in names if n not in backends]
@@ -51,10 +49,9 @@ def selected(backends: dict[str, Backend], environ: dict[str, str] | None = None
     return [name for name in backends if name in wanted]
 
 
-def architectures(environ: dict[str, str] | None = None) -> list[str]:
+def architectures(settings: Settings) -> list[str]:
     """The architectures of this run (every supported one by default), amd64 first."""
-    environ = os.environ if environ is None else environ
-    names = [n for n in re.split(r"[,\s]+", environ.get(ARCHITECTURES_VARIABLE, "")) if n]
+    names = [n for n in re.split(r"[,\s]+", settings.architectures) if n]
     unknown = [n for n in names if n not in SUPPORTED]
     if unknown:
         raise UserError(
@@ -69,10 +66,10 @@ def architectures(environ: dict[str, str] | None = None) -> list[str]:
     return [a for a in SUPPORTED if not names or a in names]
 
 
-def plan(backends: dict[str, Backend], environ: dict[str, str] | None = None) -> dict[str, str]:
+def plan(backends: dict[str, Backend], settings: Settings) -> dict[str, str]:
     """The outputs of a plan job: each value one line (JSON lists for matrices)."""
-    images = selected(backends, environ)
-    legs = architectures(environ)
+    images = selected(backends, settings)
+    legs = architectures(settings)
     services = [n for n in images if backends[n].runs_services]
     return {
         "date": datetime.now(UTC).date().isoformat(),

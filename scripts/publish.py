@@ -133,7 +133,7 @@ class Target:
         self.platform = platform
         self.repository = settings.repository(backend)
         self.name = f"{settings.owner}/{backend.image}"  # the path inside the registry
-        self.creds: Credentials | None = credentials(settings.registry)
+        self.creds: Credentials | None = credentials(settings.registry, settings.credentials)
         self.api = RegistryAPI(api_host(settings.registry), self.creds)
         self.local = local_reference(settings, backend, platform)
         self.image = require_image(client, settings, backend, platform)
@@ -154,10 +154,14 @@ class Target:
         return f"{tag}-{self.platform.architecture}" if self.platform else tag
 
     def lookup(self, tag: str) -> Lookup:
-        return authorized(self.settings.registry, self.creds, lookup, self.api, self.name, tag)
+        return authorized(
+            self.settings.registry, self.creds, lookup, self.api, self.name, tag, self.settings
+        )
 
     def remote_labels(self, tag: str) -> dict[str, str] | None:
-        return authorized(self.settings.registry, self.creds, labels, self.api, self.name, tag)
+        return authorized(
+            self.settings.registry, self.creds, labels, self.api, self.name, tag, self.settings
+        )
 
 
 def targets_of(
@@ -181,7 +185,7 @@ def targets_of(
 
 def _gate(target: Target, allow_unverified: bool) -> str:
     """The verify gate: say how the image was checked, or refuse it."""
-    record = state.verification(target.image)
+    record = state.verification(target.settings, target.image)
     reference = target.local
     if record is not None:
         return f"verified {record.get('verified_at', '')}".strip()
@@ -241,6 +245,7 @@ def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> str:
             target.repository,
             tag,
             target.creds,
+            target.settings,
         )
     target.identities.add(stream.digest)
     sizes = image_sizes(client, target.image)
@@ -249,7 +254,12 @@ def _push(target: Target, tag: str, gate: str, result: str = "pushed") -> str:
         f"image {sizes.describe()})"
     )
     summary.record_image(
-        reference, tags=[tag], digest=stream.digest, size=sizes.unpacked, result=result
+        reference,
+        tags=[tag],
+        digest=stream.digest,
+        size=sizes.unpacked,
+        result=result,
+        settings=target.settings,
     )
     return stream.digest
 
@@ -265,6 +275,7 @@ def _dry_run(target: Target, tag: str, gate: str, policy: str) -> None:
         tags=[tag],
         size=image_sizes(target.client, target.image).unpacked,
         result="dry run",
+        settings=target.settings,
     )
 
 
@@ -277,6 +288,7 @@ def _already(target: Target, tag: str, found: Lookup) -> None:
         digest=found.digest,
         size=image_sizes(target.client, target.image).unpacked,
         result="already present",
+        settings=target.settings,
     )
 
 
@@ -354,10 +366,17 @@ def _push_index(targets: list[Target], tag: str, digests: list[str]) -> None:
         tag,
         digests,
         first.creds,
+        first.settings,
     )
     architectures = ", ".join(t.architecture for t in targets)
     log.info(f"pushed {reference}: {pushed} (index of {architectures})")
-    summary.record_image(reference, tags=[tag], digest=pushed, result=f"index ({architectures})")
+    summary.record_image(
+        reference,
+        tags=[tag],
+        digest=pushed,
+        result=f"index ({architectures})",
+        settings=first.settings,
+    )
 
 
 def _dry_run_index(targets: list[Target], tag: str) -> None:

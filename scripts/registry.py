@@ -7,7 +7,6 @@ doubling backoff; a refusal of credentials is one line naming what to set.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from .credentials import Credentials, credential_hint, describe
 from .distribution import Lookup, RegistryAPI
 from .engine import APIError, Client, TransportError, get_image, list_images, push
 from .errors import StepFailed, UserError, first_line
-from .settings import BACKOFF_VARIABLE, RETRIES_VARIABLE
+from .settings import BACKOFF_VARIABLE, RETRIES_VARIABLE, Settings
 
 T = TypeVar("T")
 
@@ -50,12 +49,11 @@ class Unauthorized(Exception):
     pass
 
 
-def retry_policy(environ: dict[str, str] | None = None) -> tuple[int, float]:
+def retry_policy(settings: Settings) -> tuple[int, float]:
     """(retries after the first attempt, first delay in seconds; it doubles)."""
-    environ = os.environ if environ is None else environ
     try:
-        retries = int(environ.get(RETRIES_VARIABLE) or DEFAULT_RETRIES)
-        backoff = float(environ.get(BACKOFF_VARIABLE) or DEFAULT_BACKOFF)
+        retries = int(settings.push_retries or DEFAULT_RETRIES)
+        backoff = float(settings.push_backoff or DEFAULT_BACKOFF)
     except ValueError:
         retries, backoff = -1, -1.0
     if retries < 0 or backoff < 0:
@@ -75,8 +73,8 @@ def classify(message: str) -> Exception:
     return StepFailed(message)
 
 
-def with_retries(registry: str, attempt: Callable[[], T]) -> T:
-    retries, backoff = retry_policy()
+def with_retries(registry: str, attempt: Callable[[], T], settings: Settings) -> T:
+    retries, backoff = retry_policy(settings)
     for number in range(retries + 1):
         try:
             return attempt()
@@ -128,7 +126,7 @@ def api_host(registry: str) -> str:
     return "registry-1.docker.io" if registry == "docker.io" else registry
 
 
-def _ask(api: RegistryAPI, what: str, call: Callable[[], T]) -> T:
+def _ask(api: RegistryAPI, what: str, call: Callable[[], T], settings: Settings) -> T:
     """A question to the registry's API, retried while the registry is unwell.
 
     Raises Unauthorized (the credentials were refused) and StepFailed (still
@@ -143,17 +141,17 @@ def _ask(api: RegistryAPI, what: str, call: Callable[[], T]) -> T:
         except distribution.Refused as error:
             raise Unauthorized(log.censor(str(error))) from None
 
-    return with_retries(api.registry, attempt)
+    return with_retries(api.registry, attempt, settings)
 
 
-def lookup(api: RegistryAPI, name: str, tag: str) -> Lookup:
+def lookup(api: RegistryAPI, name: str, tag: str, settings: Settings) -> Lookup:
     """What `name:tag` holds on `api`'s registry (see _ask for what it raises)."""
-    return _ask(api, f"look up {name}:{tag}", lambda: api.lookup(name, tag))
+    return _ask(api, f"look up {name}:{tag}", lambda: api.lookup(name, tag), settings)
 
 
-def labels(api: RegistryAPI, name: str, tag: str) -> dict[str, str] | None:
+def labels(api: RegistryAPI, name: str, tag: str, settings: Settings) -> dict[str, str] | None:
     """The labels of the image `name:tag` holds, or None when they cannot be read."""
-    return _ask(api, f"read {name}:{tag}", lambda: api.labels(name, tag))
+    return _ask(api, f"read {name}:{tag}", lambda: api.labels(name, tag), settings)
 
 
 @dataclass
@@ -191,7 +189,9 @@ class PushStream:
             log.info(status)
 
 
-def push_tag(client: Client, repository: str, tag: str, creds: Credentials | None) -> PushStream:
+def push_tag(
+    client: Client, repository: str, tag: str, creds: Credentials | None, settings: Settings
+) -> PushStream:
     """Push repository:tag, retried while the registry's failure is transient.
 
     Raises StepFailed (the push failed, or the engine stopped answering) or
@@ -215,7 +215,7 @@ def push_tag(client: Client, repository: str, tag: str, creds: Credentials | Non
             raise StepFailed(f"push of {reference} ended without a digest")
         return stream
 
-    return with_retries(registry_of(reference), attempt)
+    return with_retries(registry_of(reference), attempt, settings)
 
 
 def _normal(repository: str) -> str:

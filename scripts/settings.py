@@ -8,10 +8,13 @@ pyproject.toml and can be overridden without editing code:
 
 Both are checked here, before anything talks to the engine, so a typo is one
 line naming where the value came from. The run's other settings (ready
-timeout, host ports, the checkout, what is forwarded into containers) are
-read here too, as given, and checked by the step that uses them
-(containers.ready_timeout, ports.plan, trust.forwarded, steps): a bad value
-fails only the steps that need it, with the message naming the variable.
+timeout, host ports, the checkout, what is forwarded into containers, a
+plan's backends and architectures, push retries, the Docker CLI and config,
+the state folder, the job summary, registry credentials) are read here too,
+as given, and checked by the step that uses them (containers.ready_timeout,
+ports.plan, trust.forwarded, steps, plan, registry.retry_policy,
+index.docker_cli, credentials): a bad value fails only the steps that need
+it, with the message naming the variable.
 """
 
 from __future__ import annotations
@@ -63,15 +66,34 @@ FORWARDED_VARIABLES = (
     "PIP_DEFAULT_TIMEOUT",
     "GOPROXY",
 )
-# Read where they are used, each by one module:
-STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"  # state.py; else $XDG_STATE_HOME/dask-gateway-ci
-RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.py
-BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.py
-SELECTION_VARIABLE = "DASK_GATEWAY_CI_BACKENDS"  # plan.py
-ARCHITECTURES_VARIABLE = "DASK_GATEWAY_CI_ARCHITECTURES"  # plan.py
-CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.py; and DOCKER_CONFIG there
-# log.py (GITHUB_ACTIONS), summary.py (GITHUB_STEP_SUMMARY), credentials.py
-# (GITHUB_ACTIONS, the token and user variables it names).
+SELECTION_VARIABLE = "DASK_GATEWAY_CI_BACKENDS"  # plan.selected
+ARCHITECTURES_VARIABLE = "DASK_GATEWAY_CI_ARCHITECTURES"  # plan.architectures
+CLI_VARIABLE = "DASK_GATEWAY_CI_DOCKER_CLI"  # index.docker_cli
+# The user's Docker config (its logins), copied for `docker manifest` by
+# index.py; docker-py reads it itself for the engine's pushes.
+DOCKER_CONFIG_VARIABLE = "DOCKER_CONFIG"
+RETRIES_VARIABLE = "DASK_GATEWAY_CI_PUSH_RETRIES"  # registry.retry_policy
+BACKOFF_VARIABLE = "DASK_GATEWAY_CI_PUSH_BACKOFF"  # registry.retry_policy
+# state.state_dir: $DASK_GATEWAY_CI_STATE_DIR, else $XDG_STATE_HOME/dask-gateway-ci
+STATE_VARIABLE = "DASK_GATEWAY_CI_STATE_DIR"
+XDG_STATE_VARIABLE = "XDG_STATE_HOME"
+STEP_SUMMARY_VARIABLE = "GITHUB_STEP_SUMMARY"  # summary.record_image: the job summary
+# Registry credentials (credentials.py says which registry each is for):
+CREDENTIAL_VARIABLES = (
+    "DASK_GATEWAY_CI_REGISTRY_TOKEN",
+    "DASK_GATEWAY_CI_REGISTRY_USER",
+    "GHCR_TOKEN",
+    "GHCR_USER",
+    "GITHUB_ACTOR",
+    "GITHUB_TOKEN",
+    "GITHUB_ACTIONS",
+)
+# Still read from os.environ where they are used, each for a reason given there:
+# log.in_github_actions (GITHUB_ACTIONS: printing happens before and outside
+# sessions), engine.connect and capabilities.engine_key (DOCKER_HOST, as
+# docker-py's from_env reads it), capabilities' cache of refusals (the state
+# folder: containers.start has no Settings), workflows (`nox -s workflows` is
+# no step session: act gets the environment; --registry's user and token).
 
 # distribution/reference: a host (name or IPv4, optional port), then path
 # components of lower-case letters and digits joined by ".", "_", "__" or "-".
@@ -92,8 +114,19 @@ class Settings:
     ports: str = ""
     checkout: str = ""
     docker_host: str = ""
+    selection: str = ""  # the backends of a plan
+    architectures: str = ""  # the architectures of a plan
+    push_retries: str = ""  # how often a registry is asked again
+    push_backoff: str = ""  # the first wait before asking again
+    docker_cli: str = ""  # the Docker CLI for `docker manifest`
+    docker_config: str = ""  # the user's Docker config folder
+    state_dir: str = ""  # where verified images are recorded (state.state_dir)
+    xdg_state_home: str = ""
+    step_summary: str = ""  # the GitHub job summary file; empty: not in a workflow
     # The trust and proxy variables that are set (see trust.forwarded).
     forwarded: Mapping[str, str] = field(default_factory=dict)
+    # The registry credential variables that are set (see credentials.credentials).
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def repository(self, backend: Backend) -> str:
         return f"{self.registry}/{self.owner}/{backend.image}"
@@ -156,5 +189,15 @@ def load_settings(root: Path = ROOT, environ: Mapping[str, str] | None = None) -
         ports=environ.get(PORTS_VARIABLE, ""),
         checkout=environ.get(SOURCE_VARIABLE, ""),
         docker_host=environ.get(DOCKER_HOST_VARIABLE, ""),
+        selection=environ.get(SELECTION_VARIABLE, ""),
+        architectures=environ.get(ARCHITECTURES_VARIABLE, ""),
+        push_retries=environ.get(RETRIES_VARIABLE, ""),
+        push_backoff=environ.get(BACKOFF_VARIABLE, ""),
+        docker_cli=environ.get(CLI_VARIABLE, ""),
+        docker_config=environ.get(DOCKER_CONFIG_VARIABLE, ""),
+        state_dir=environ.get(STATE_VARIABLE, ""),
+        xdg_state_home=environ.get(XDG_STATE_VARIABLE, ""),
+        step_summary=environ.get(STEP_SUMMARY_VARIABLE, ""),
         forwarded={name: environ[name] for name in trust if name in environ},
+        credentials={name: environ[name] for name in CREDENTIAL_VARIABLES if name in environ},
     )

@@ -143,7 +143,7 @@ def build(ctx: Context, backend: Backend) -> None:
     options=(PLATFORM_OPTION,),
 )
 def verify(ctx: Context, backend: Backend) -> None:
-    state.check_writable()
+    state.check_writable(ctx.settings)
     timeout = containers.ready_timeout(
         backend, ctx.settings.ready_timeout
     )  # before anything starts
@@ -166,18 +166,19 @@ def verify(ctx: Context, backend: Backend) -> None:
             containers.run_smoke(container, backend)
     except StepFailed:
         containers.print_logs(container, backend)
-        summary.record_image(reference, result="verify failed")
+        summary.record_image(reference, result="verify failed", settings=ctx.settings)
         raise
     finally:
         containers.remove(container)
     seconds = time.monotonic() - started
-    state.record_verified(image, backend.name, seconds)
+    state.record_verified(ctx.settings, image, backend.name, seconds)
     summary.record_image(
         reference,
         tags=[LATEST],
         size=image_sizes(ctx.client, image).unpacked,
         verify_seconds=seconds,
         result="verified",
+        settings=ctx.settings,
     )
     log.info(f"verified {reference} ({image[:19]}) in {seconds:.0f}s")
 
@@ -659,4 +660,4 @@ def bootstrap_debian(ctx: Context, _backend: None) -> None:
     scope=PROJECT,
 )
 def plan_run(ctx: Context, _backend: None) -> None:
-    print(plan.render(plan.plan(ctx.backends)), end="", flush=True)
+    print(plan.render(plan.plan(ctx.backends, ctx.settings)), end="", flush=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 HEADER = (
     "| image | tags | digest | size | verify time | result |\n"
@@ -34,11 +37,10 @@ def record_image(
     size: int | None = None,
     verify_seconds: float | None = None,
     result: str,
-    environ: dict[str, str] | None = None,
+    settings: Settings,
 ) -> bool:
-    """Append a row to $GITHUB_STEP_SUMMARY; False when not in a workflow."""
-    environ = os.environ if environ is None else environ
-    target = environ.get("GITHUB_STEP_SUMMARY")
+    """Append a row to $GITHUB_STEP_SUMMARY (Settings.step_summary); False outside a workflow."""
+    target = settings.step_summary
     if not target:
         return False
     path = Path(target)

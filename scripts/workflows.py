@@ -327,6 +327,7 @@ def _env_file(path: Path, env: dict[str, str]) -> Path:
 
 
 def _environment() -> dict[str, str]:
+    # act is handed the whole environment (less what is private), as a shell would.
     return {k: v for k, v in os.environ.items() if not PRIVATE.match(k)}
 
 
@@ -429,6 +430,8 @@ def run(options: Options) -> list[StepResult]:
 def _registry(options: Options, work: Path) -> tuple[tuple[str, str, str], LocalRegistry | None]:
     """(address, user, token) of the registry standing in for ghcr.io, and what to stop."""
     if options.registry:
+        # From os.environ: `nox -s workflows` is no step session and reads no Settings
+        # (load_settings would also check a registry and owner this run does not use).
         user = os.environ.get("DASK_GATEWAY_CI_REGISTRY_USER", "")
         token = os.environ.get("DASK_GATEWAY_CI_REGISTRY_TOKEN", "")
         if not (user and token):

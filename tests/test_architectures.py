@@ -102,23 +102,29 @@ def test_emulation_is_checked_before_debootstrap(tmp_path, monkeypatch):
         debian.check_emulation("arm64", _binfmt(tmp_path / "debian", enabled.format("PF")))
 
 
+def _given(architectures: str | None = None):
+    """The settings of a run with DASK_GATEWAY_CI_ARCHITECTURES as given (None: unset)."""
+    given = {} if architectures is None else {plan.ARCHITECTURES_VARIABLE: architectures}
+    return load_settings(environ=given)
+
+
 def test_plan_architectures_and_what_publish_passes():
-    assert plan.architectures({}) == ["amd64", "arm64"]
-    assert plan.architectures({plan.ARCHITECTURES_VARIABLE: "amd64"}) == ["amd64"]
-    assert plan.architectures({plan.ARCHITECTURES_VARIABLE: "arm64, amd64"}) == [
+    assert plan.architectures(_given()) == ["amd64", "arm64"]
+    assert plan.architectures(_given("amd64")) == ["amd64"]
+    assert plan.architectures(_given("arm64, amd64")) == [
         "amd64",
         "arm64",
     ]
     with pytest.raises(UserError, match="amd64 cannot be left out"):
-        plan.architectures({plan.ARCHITECTURES_VARIABLE: "arm64"})
+        plan.architectures(_given("arm64"))
     with pytest.raises(UserError, match="unknown architecture 'ppc64el'"):
-        plan.architectures({plan.ARCHITECTURES_VARIABLE: "amd64,ppc64el"})
-    both = plan.plan({}, {})
+        plan.architectures(_given("amd64,ppc64el"))
+    both = plan.plan({}, _given())
     assert json.loads(both["platform_options"]) == [
         "--platform=linux/amd64",
         "--platform=linux/arm64",
     ]
-    only = plan.plan({}, {plan.ARCHITECTURES_VARIABLE: "amd64"})
+    only = plan.plan({}, _given("amd64"))
     assert json.loads(only["platform_options"]) == []  # the tags stay the image itself
 
 
@@ -127,7 +133,7 @@ def test_the_docker_cli_needs_its_manifest_command(tmp_path):
     fake.write_text("#!/bin/sh\necho 'Usage: docker [OPTIONS] COMMAND'\nexit 1\n")
     fake.chmod(0o755)
     with pytest.raises(UserError, match="has no `docker manifest` command"):
-        index.docker_cli({index.CLI_VARIABLE: str(fake)})
+        index.docker_cli(load_settings(environ={index.CLI_VARIABLE: str(fake)}))
 
 
 # -- against the engine and a local registry --------------------------------------------
@@ -164,7 +170,7 @@ def made(client, backend, tmp_path):  # noqa: F811 - the fixture imported above
         image = client.images.get(reference).id
         ids.append(image)
         if verified:
-            state.record_verified(image, backend.name, 1.0)
+            state.record_verified(load_settings(), image, backend.name, 1.0)
         return image
 
     yield make

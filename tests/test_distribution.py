@@ -20,6 +20,7 @@ from scripts import registry as registry_ops
 from scripts.credentials import Credentials
 from scripts.distribution import ABSENT, PRESENT, UNKNOWN, RegistryAPI
 from scripts.errors import StepFailed
+from scripts.settings import load_settings
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -144,9 +145,11 @@ def test_refused_credentials_are_one_line_naming_what_to_set(monkeypatch):
     with scripted(answer) as seen:
         api = _api(seen, creds)
         with pytest.raises(registry_ops.Unauthorized):
-            registry_ops.lookup(api, "o/i", "x")
+            registry_ops.lookup(api, "o/i", "x", load_settings())
         with pytest.raises(Exception) as raised:
-            registry_ops.authorized(seen[0], creds, registry_ops.lookup, api, "o/i", "x")
+            registry_ops.authorized(
+                seen[0], creds, registry_ops.lookup, api, "o/i", "x", load_settings()
+            )
     message = str(raised.value)
     assert "refused the credentials from TEST_TOKEN" in message and "\n" not in message
 
@@ -163,12 +166,12 @@ def test_busy_registries_are_asked_again_then_reported(monkeypatch):
         return 404, {}, _error("MANIFEST_UNKNOWN", "manifest unknown")
 
     with scripted(answer) as seen:
-        assert registry_ops.lookup(_api(seen), "o/i", "x").state == ABSENT
+        assert registry_ops.lookup(_api(seen), "o/i", "x", load_settings()).state == ABSENT
         assert len(calls) == 3
         calls.clear()
         calls.extend(["x"] * 10)  # from now on always 404: fine; make it always 503
     with scripted(lambda r: (503, {}, b"")) as seen, pytest.raises(StepFailed) as raised:
-        registry_ops.lookup(_api(seen), "o/i", "x")
+        registry_ops.lookup(_api(seen), "o/i", "x", load_settings())
     assert "still failing after 3 attempts" in str(raised.value)
 
 

@@ -132,6 +132,37 @@ def test_registry_and_owner_from_pyproject(tmp_path):
     assert chosen.repository(ALL["base"]) == "quay.io/someone/dask-gateway-ci-base"
 
 
+def test_the_run_settings_carry_each_variable_as_given_and_credentials_unprinted():
+    given = {
+        "DASK_GATEWAY_CI_BACKENDS": "slurm",
+        "DASK_GATEWAY_CI_ARCHITECTURES": "amd64",
+        "DASK_GATEWAY_CI_PUSH_RETRIES": "many",  # checked where used, not here
+        "DASK_GATEWAY_CI_PUSH_BACKOFF": "0.5",
+        "DASK_GATEWAY_CI_DOCKER_CLI": "/opt/docker",
+        "DOCKER_CONFIG": "/home/u/.docker-other",
+        "DASK_GATEWAY_CI_STATE_DIR": "/var/state",
+        "XDG_STATE_HOME": "/home/u/.state",
+        "GITHUB_STEP_SUMMARY": "/tmp/summary.md",
+        "DASK_GATEWAY_CI_REGISTRY_TOKEN": "settings-test-token",
+        "UNRELATED": "x",
+    }
+    chosen = settings.load_settings(environ=given)
+    assert (chosen.selection, chosen.architectures) == ("slurm", "amd64")
+    assert (chosen.push_retries, chosen.push_backoff) == ("many", "0.5")
+    assert (chosen.docker_cli, chosen.docker_config) == ("/opt/docker", "/home/u/.docker-other")
+    assert (chosen.state_dir, chosen.xdg_state_home) == ("/var/state", "/home/u/.state")
+    assert chosen.step_summary == "/tmp/summary.md"
+    assert chosen.credentials == {"DASK_GATEWAY_CI_REGISTRY_TOKEN": "settings-test-token"}
+    assert "settings-test-token" not in repr(chosen)
+    unset = settings.load_settings(environ={})
+    assert (unset.selection, unset.state_dir, unset.step_summary, unset.credentials) == (
+        "",
+        "",
+        "",
+        {},
+    )
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "complaint"),
     [

@@ -115,11 +115,11 @@ def test_push_refuses_dated_tags(tmp_path):
 
 
 def test_retry_policy_from_environment():
-    assert registry_ops.retry_policy({}) == (3, 1.0)
+    assert registry_ops.retry_policy(load_settings(environ={})) == (3, 1.0)
     environ = {registry_ops.RETRIES_VARIABLE: "1", registry_ops.BACKOFF_VARIABLE: "0.01"}
-    assert registry_ops.retry_policy(environ) == (1, 0.01)
+    assert registry_ops.retry_policy(load_settings(environ=environ)) == (1, 0.01)
     with pytest.raises(UserError):
-        registry_ops.retry_policy({registry_ops.RETRIES_VARIABLE: "many"})
+        registry_ops.retry_policy(load_settings(environ={registry_ops.RETRIES_VARIABLE: "many"}))
 
 
 def test_push_stream_reads_error_and_final_digest():
@@ -180,11 +180,13 @@ def test_push_stream_errors_are_retried_with_backoff_then_reported(monkeypatch):
     monkeypatch.setenv(registry_ops.RETRIES_VARIABLE, "2")
     monkeypatch.setenv(registry_ops.BACKOFF_VARIABLE, "0")
     api = _FlakyAPI(failures=2)
-    stream = registry_ops.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
+    stream = registry_ops.push_tag(
+        _FakeClient(api), "127.0.0.1:1/o/i", "latest", None, load_settings()
+    )
     assert (api.calls, stream.digest) == (3, "sha256:" + "0" * 64)
     api = _FlakyAPI(failures=5)
     with pytest.raises(StepFailed, match="still failing after 3 attempts"):
-        registry_ops.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None)
+        registry_ops.push_tag(_FakeClient(api), "127.0.0.1:1/o/i", "latest", None, load_settings())
     assert api.calls == 3
 
 
@@ -278,7 +280,7 @@ def _dated(client, backend, **options) -> None:
 
 
 def _verified(image_id: str) -> str:
-    state.record_verified(image_id, "publishtest", 1.0)
+    state.record_verified(load_settings(), image_id, "publishtest", 1.0)
     return image_id
 
 
@@ -734,7 +736,7 @@ def test_one_dated_tag_names_one_consistent_set(client, registry, tiny):
     )
     assert both.returncode == 0, both.stdout
     assert f"dated tag of this run: {DAY}.1 (tiny, leaf)" in both.stdout
-    api = RegistryAPI(registry.address, credentials(registry.address))
+    api = RegistryAPI(registry.address, credentials(registry.address, os.environ))
     for name in ("tiny", "leaf"):
         found = api.lookup(f"publishtest/publishtest-{name}", f"{DAY}.1")
         local = client.images.get(f"{repository}/publishtest-{name}:latest")
@@ -781,7 +783,9 @@ def test_push_loads_the_image_another_job_built_and_verified(client, registry, l
         built = _nox_in(project, "-s", "build-tiny", "--", "--save", str(archive))
         assert built.returncode == 0
         image = client.images.get(reference).id
-        state.record_verified(image, "tiny", 1.0)  # as the verifying job's state dir carries it
+        state.record_verified(
+            load_settings(), image, "tiny", 1.0
+        )  # as the verifying job's state dir carries it
         client.images.remove(reference)
         pushed = _nox_in(project, "-s", "push-tiny", "--", "--load", str(archive))
         assert pushed.returncode == 0

@@ -9,6 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 from scripts import log, summary  # noqa: E402
+from scripts.settings import load_settings  # noqa: E402
 
 HEADER_LINE = summary.HEADER.splitlines()[0]
 
@@ -26,15 +27,15 @@ def rows(text: str) -> list[str]:
 def test_without_the_variable_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert summary.record_image("img", result="verified", environ={}) is False
-    assert summary.record_image("img", result="verified") is False
+    unset = load_settings(environ={})
+    assert summary.record_image("img", result="verified", settings=unset) is False
+    assert summary.record_image("img", result="verified", settings=load_settings()) is False
     assert list(tmp_path.iterdir()) == []
 
 
 def test_empty_variable_counts_as_unset():
-    assert summary.record_image("img", result="verified", environ={"GITHUB_STEP_SUMMARY": ""}) is (
-        False
-    )
+    empty = load_settings(environ={"GITHUB_STEP_SUMMARY": ""})
+    assert summary.record_image("img", result="verified", settings=empty) is False
 
 
 def test_header_once_then_rows_appended(target):
@@ -45,14 +46,14 @@ def test_header_once_then_rows_appended(target):
         size=1_234_567_890,
         verify_seconds=12.4,
         result="verified",
-        environ=environ,
+        settings=load_settings(environ=environ),
     )
     assert summary.record_image(
         "ghcr.io/dask/dask-gateway-ci-base:latest",
         tags=["latest", "2025-01-31"],
         digest="sha256:abc",
         result="pushed",
-        environ=environ,
+        settings=load_settings(environ=environ),
     )
     text = path.read_text()
     assert text.count(HEADER_LINE) == 1
@@ -67,22 +68,27 @@ def test_header_once_then_rows_appended(target):
 def test_header_added_after_other_text_of_the_step(target):
     path, environ = target
     path.write_text("## Images\n")
-    summary.record_image("img", result="verified", environ=environ)
+    summary.record_image("img", result="verified", settings=load_settings(environ=environ))
     text = path.read_text()
     assert text.startswith("## Images\n\n" + summary.HEADER)
     assert text.count(HEADER_LINE) == 1
 
 
-def test_environ_defaults_to_the_process_environment(target, monkeypatch):
+def test_the_run_settings_take_it_from_the_process_environment(target, monkeypatch):
     path, environ = target
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", environ["GITHUB_STEP_SUMMARY"])
-    assert summary.record_image("img", result="verified") is True
+    assert summary.record_image("img", result="verified", settings=load_settings()) is True
     assert rows(path.read_text()) == ["| img |  |  |  |  | verified |"]
 
 
 def test_pipes_and_newlines_are_escaped(target):
     path, environ = target
-    summary.record_image("a|b", tags=["x|y"], result="verify failed\nat step 2", environ=environ)
+    summary.record_image(
+        "a|b",
+        tags=["x|y"],
+        result="verify failed\nat step 2",
+        settings=load_settings(environ=environ),
+    )
     (row,) = rows(path.read_text())
     assert row == "| a\\|b | x\\|y |  |  |  | verify failed at step 2 |"
     # Still six cells: escaped pipes do not split a cell.
