@@ -298,8 +298,8 @@ _POLL_LOOP = (
 
 def run_check_until(container: Container, check: Check, seconds: float, every: float) -> Result:
     """The check run in the container every `every` seconds until it passes
-    or about `seconds` (whole seconds, at least 1) have passed: its last
-    result, for Check.matches.
+    or `seconds` (whole seconds, at least 1; a last run may start just
+    before) have passed: its last result, for Check.matches.
 
     One exec for a service that is still coming up instead of one per poll:
     each `docker exec` costs the engine, containerd and runc a process start,
@@ -309,7 +309,7 @@ def run_check_until(container: Container, check: Check, seconds: float, every: f
     """
     loop = (
         *("sh", "-c", _POLL_LOOP, "sh"),
-        *(f"{max(1, math.ceil(seconds))}", f"{every:g}", check.expect or ""),
+        *(f"{max(1, math.floor(seconds))}", f"{every:g}", check.expect or ""),
     )
     return execute(container, (*loop, *_bounded(check)), user=check.user)
 
@@ -361,10 +361,13 @@ def wait_ready(container: Container, backend: Backend, timeout: float) -> float:
     while True:
         ensure_running(container, backend.name)
         for check in backend.ready_checks[passed:]:
-            early = backend.ready_typical - (time.monotonic() - started)
-            if early > 0:  # coming up: wait inside the container, polled often
-                wait = min(early, deadline - time.monotonic(), REPORT_EVERY)
-                result = run_check_until(container, check, wait, FIRST_POLL)
+            now = time.monotonic()
+            # Coming up: wait inside the container, polled often, in whole
+            # seconds that end before the deadline (a pass that the loop
+            # completed after it would count: the timeout would not hold).
+            wait = math.floor(min(backend.ready_typical - (now - started), deadline - now))
+            if wait >= 1:
+                result = run_check_until(container, check, min(wait, REPORT_EVERY), FIRST_POLL)
             else:
                 result = run_check(container, check)
             if not check.matches(result.exit_code, result.output):

@@ -386,7 +386,11 @@ def start(ctx: Context, backend: Backend) -> None:
         _use_running(other, backend, source, timeout)
         return
     except KeyboardInterrupt as interrupt:
-        raise UserError(f"{signals.describe(interrupt)}: {name} was not started") from None
+        # containers.start removed what it had created, even a container the
+        # engine had just started (the signal came before its answer did).
+        raise UserError(
+            f"{signals.describe(interrupt)}: {name} was not started; nothing of it is left"
+        ) from None
     try:
         containers.wait_ready_or_show_logs(container, backend, timeout)
     except StepFailed as error:

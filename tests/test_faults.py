@@ -88,7 +88,12 @@ def test_a_signal_during_start_removes_the_half_started_container(engine, env, c
     wait_for(new_container, "the container to run")
     run = stopped_by(process, number)
     line = one_line_failure(run)
-    assert f"{said}: removed the half-started {SLURM.container_name}" in line, line
+    # While it waits for ready, or (when the signal beats the engine's answer
+    # to "start") still inside the create-and-start call: removed either way.
+    assert (
+        f"{said}: removed the half-started {SLURM.container_name}" in line
+        or f"{said}: {SLURM.container_name} was not started; nothing of it is left" in line
+    ), line
     assert SLURM.container_name not in {c.name for c in engine.containers.list(all=True)}
 
 

@@ -14,6 +14,7 @@ import pytest
 from scripts import containers
 from scripts.backends import load_all
 from scripts.containers import Result
+from scripts.errors import StepFailed
 
 SLURM = load_all()["slurm"]
 
@@ -104,3 +105,15 @@ def test_a_pattern_grep_cannot_read_leaves_the_decision_to_python():
     done = poll_loop("20", "0.05", "(?:", "echo", "anything")
     assert done.returncode == 0
     assert time.monotonic() - began < 10
+
+
+def test_no_in_container_wait_runs_past_the_ready_timeout(monkeypatch):
+    # A loop in whole seconds would outlast a timeout under a second: a check
+    # that passed inside it would make a start "ready" after its deadline.
+    looped = []
+    monkeypatch.setattr(containers, "run_check", lambda *_: Result(1, "is DOWN"))
+    monkeypatch.setattr(containers, "run_check_until", lambda *a: looped.append(a))
+    monkeypatch.setattr(containers, "ensure_running", lambda *_: None)
+    with pytest.raises(StepFailed, match="not ready after"):
+        containers.wait_ready(object(), SLURM, timeout=0.001)
+    assert looped == []
