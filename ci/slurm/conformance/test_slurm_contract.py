@@ -142,6 +142,16 @@ def test_accounting_is_stored_by_slurmdbd():
     assert "linux" in clusters.split()
 
 
+def test_mariadb_takes_only_socket_connections_without_tls():
+    # As slurmdbd connects (slurmdbd.conf's test-only credentials). With TLS
+    # on, MariaDB 11.4+ makes a new certificate at every start, which cost a
+    # different 0.2-1.0 s each time (60-slurm-accounting.cnf).
+    query = "SELECT @@skip_networking, @@have_ssl"
+    done = run("mariadb", "-u", "slurm", "-pslurm", "-N", "-B", "-e", query)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "DISABLED"]
+
+
 def test_dask_may_run_the_launcher_as_dask_users_without_password():
     listing = run("sudo", "-n", "-l").stdout
     assert re.search(rf"\(%dask_users\)\s+NOPASSWD:\s+{LAUNCHER}", listing), listing
