@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import re
 import shlex
 import tarfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from .tarballs import folder_archive
 
 SOURCE_MOUNT = "/working"
 CONFORMANCE_DIR = "/opt/dask-gateway-ci/conformance"
-# Readiness is polled every FIRST_POLL seconds, inside the container, for as
+# Readiness is polled every INSIDE_POLL seconds, inside the container, for as
 # long as the services usually take (ready.typical), so a start returns
-# within one poll of being ready; after that from outside, backing off to
-# LAST_POLL: a slow start costs few execs.
+# within one poll of being ready; after that from outside, every FIRST_POLL
+# seconds backing off to LAST_POLL: a slow start costs few execs.
+INSIDE_POLL = 0.05
 FIRST_POLL, LAST_POLL, BACKOFF = 0.1, 1.0, 1.6
 # Seconds between "waiting for ..." lines while a start waits.
 REPORT_EVERY = 10.0
@@ -282,36 +284,59 @@ def run_check(container: Container, check: Check) -> Result:
     return execute(container, _bounded(check), user=check.user)
 
 
-# Runs "$@" every $2 seconds until it exits 0 with an output that matches $3
-# (when given), or $1 seconds have passed; then prints its last output and
-# exits with its code. The match is grep's PCRE over the whole output with
-# (?m), as Check.matches does; where grep cannot tell (no -P, a pattern it
-# rejects: status 2), the loop ends and Check.matches decides.
-_POLL_LOOP = (
-    "end=$(($(date +%s) + $1)); every=$2; pattern=$3; shift 3; while :; do "
-    'out=$("$@" 2>&1); code=$?; if [ "$code" -eq 0 ]; then [ -z "$pattern" ] && break; '
-    'printf "%s\\n" "$out" | grep -zPq -- "(?m)$pattern"; [ "$?" -ne 1 ] && break; fi; '
-    '[ "$(date +%s)" -ge "$end" ] && break; sleep "$every"; done; '
-    'printf "%s\\n" "$out"; exit "$code"'
+# Runs checks in turn, each every $2 seconds until it exits 0 with an output
+# that matches its pattern (when given), then the next; gives up once $1
+# seconds have passed (a check that passes still leads to one run of the
+# next). The checks follow as pairs: pattern, command (shell-quoted, for
+# eval). The match is grep's PCRE over the whole output with (?m), as
+# Check.matches does; where grep cannot tell (no -P, a pattern it rejects:
+# status 2), the loop ends there and Check.matches decides. Prints
+# "check K" (0-based: the checks before K passed) and check K's last output;
+# exits with its code.
+_CHAIN_LOOP = (
+    "end=$(($(date +%s) + $1)); every=$2; shift 2; k=0; while :; do "
+    "pattern=$1; command=$2; while :; do "
+    'out=$(eval "$command" 2>&1); code=$?; verdict=no; if [ "$code" -eq 0 ]; then '
+    'if [ -z "$pattern" ]; then verdict=yes; else '
+    'printf "%s\\n" "$out" | grep -zPq -- "(?m)$pattern"; '
+    "case $? in 0) verdict=yes ;; 1) ;; *) verdict=ask ;; esac; fi; fi; "
+    '[ "$verdict" = no ] || break; [ "$(date +%s)" -ge "$end" ] && break; '
+    'sleep "$every"; done; '
+    '[ "$verdict" = yes ] && [ "$#" -gt 2 ] || break; shift 2; k=$((k + 1)); done; '
+    'printf "check %s\\n%s\\n" "$k" "$out"; exit "$code"'
 )
+_CHAIN_HEADER = re.compile(r"check (\d+)\n")
 
 
-def run_check_until(container: Container, check: Check, seconds: float, every: float) -> Result:
-    """The check run in the container every `every` seconds until it passes
-    or `seconds` (whole seconds, at least 1; a last run may start just
-    before) have passed: its last result, for Check.matches.
+def run_checks_until(
+    container: Container, checks: Sequence[Check], seconds: float, every: float
+) -> tuple[int, Result]:
+    """The checks run in the container in turn, each every `every` seconds
+    until it passes, for `seconds` in all (whole seconds, at least 1; the
+    checks after one that passed still run once): how many passed first,
+    and the last result of the one after them (or of the last, when all
+    did), for Check.matches. The checks must share one user.
 
-    One exec for a service that is still coming up instead of one per poll:
-    each `docker exec` costs the engine, containerd and runc a process start,
-    and on a small machine that slowed the services being waited for (slurm's
-    MariaDB came up 0.3 s later with execs every 0.05 s). The loop also sees
-    the service the moment it answers, not at the next poll from outside.
+    One exec for services that are still coming up instead of one per poll
+    and check: each `docker exec` costs the engine, containerd and runc a
+    process start (about 0.05 s on Docker 20.10), and on a small machine
+    that slowed the services being waited for (slurm's MariaDB came up
+    0.3 s later with execs every 0.05 s). The loop also sees a service the
+    moment it answers, not at the next poll from outside.
     """
-    loop = (
-        *("sh", "-c", _POLL_LOOP, "sh"),
-        *(f"{max(1, math.floor(seconds))}", f"{every:g}", check.expect or ""),
-    )
-    return execute(container, (*loop, *_bounded(check)), user=check.user)
+    (user,) = {check.user for check in checks}
+    loop = ("sh", "-c", _CHAIN_LOOP, "sh", f"{max(1, math.floor(seconds))}", f"{every:g}")
+    pairs = [(check.expect or "", shlex.join(_bounded(check))) for check in checks]
+    result = execute(container, (*loop, *(part for pair in pairs for part in pair)), user=user)
+    header = _CHAIN_HEADER.match(result.output)
+    if header is None or int(header.group(1)) >= len(checks):  # the loop did not run
+        return 0, result
+    return int(header.group(1)), Result(result.exit_code, result.output[header.end() :])
+
+
+def _one_users(checks: Sequence[Check]) -> list[Check]:
+    """The leading checks that run as the first one's user (one exec's worth)."""
+    return list(itertools.takewhile(lambda check: check.user == checks[0].user, checks))
 
 
 def telling_line(output: str, exit_code: int) -> str:
@@ -357,19 +382,25 @@ def wait_ready(container: Container, backend: Backend, timeout: float) -> float:
     pending = "(no check run yet)"
     last_report = started
     delay = FIRST_POLL
+    checks = backend.ready_checks
     passed = 0  # how many checks, from the first, have passed
     while True:
         ensure_running(container, backend.name)
-        for check in backend.ready_checks[passed:]:
+        while passed < len(checks):
             now = time.monotonic()
             # Coming up: wait inside the container, polled often, in whole
             # seconds that end before the deadline (a pass that the loop
-            # completed after it would count: the timeout would not hold).
+            # completed after it would count: the timeout would not hold),
+            # the checks of one user in one exec.
             wait = math.floor(min(backend.ready_typical - (now - started), deadline - now))
             if wait >= 1:
-                result = run_check_until(container, check, min(wait, REPORT_EVERY), FIRST_POLL)
+                before, result = run_checks_until(
+                    container, _one_users(checks[passed:]), min(wait, REPORT_EVERY), INSIDE_POLL
+                )
+                passed += before
             else:
-                result = run_check(container, check)
+                result = run_check(container, checks[passed])
+            check = checks[passed]
             if not check.matches(result.exit_code, result.output):
                 pending = f"{check.name}: {telling_line(result.output, result.exit_code)}"
                 break
