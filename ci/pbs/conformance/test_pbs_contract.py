@@ -12,6 +12,7 @@ import grp
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -218,6 +219,48 @@ def test_several_jobs_run_at_once():
         run(str(PBS_BIN / "qdel"), *jobs, check=False)
     for job in jobs:
         wait_finished(job)
+
+
+# dask-gateway's PBS test gives a stopped cluster 30 polls of `qstat -x`,
+# 0.25 s apart, to leave R, Q and H (tests/test_pbs_backend.py).
+DELETED_WITHIN = 7.5
+# Seconds a job must have run before the mom may call a task whose
+# processes are gone exited.
+ORPHAN_GRACE = 10
+# As a dask scheduler under qdel: the job's shell dies at SIGTERM, and its
+# child, shutting down, outlives it by half a second.
+SLOW_TO_STOP = """
+import pathlib, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), sys.exit(0)))
+pathlib.Path(sys.argv[1]).touch()
+time.sleep(600)
+"""
+
+
+def job_state(job_id: str) -> str:
+    """The state column of `qstat -x JOBID`, as dask-gateway reads it."""
+    return pbs("qstat", "-x", job_id).splitlines()[2].split()[4]
+
+
+def test_a_deleted_job_leaves_r_within_dask_gateways_wait(tmp_path):
+    # The mom notices an orphan's end only when it next samples its jobs
+    # (mom_priv/config: $min/max_check_poll; by default that took 5-6 s),
+    # and only in a job at least 10 s old (src/resmom/linux/mom_mach.c:
+    # 580-598; younger, it waits for the SIGKILL after kill_delay, 10 s).
+    # dask-gateway deletes its scheduler's job after about 20 s.
+    ready = tmp_path / "handler-installed"
+    script = f"true\n/opt/python/bin/python -c {shlex.quote(SLOW_TO_STOP)} {ready}"
+    job_id = submit("conformance-slow-stop", script)
+    wait_for("the job's process to start", ready.exists, JOB_TIMEOUT)
+    started = time.mktime(time.strptime(job_attributes(job_id)["stime"], "%a %b %d %H:%M:%S %Y"))
+    wait_for("the job to be 11 s old", lambda: time.time() - started >= ORPHAN_GRACE + 1, 30)
+
+    pbs("qdel", job_id)
+    deleted = time.monotonic()
+    while (state := job_state(job_id)) in ("R", "Q", "H"):
+        waited = time.monotonic() - deleted
+        assert waited < DELETED_WITHIN, f"{job_id} still {state} {waited:.1f}s after qdel"
+        time.sleep(0.25)
 
 
 def test_sys_resource_raises_the_mom_limits_where_granted():
