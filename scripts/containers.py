@@ -311,11 +311,11 @@ _CHAIN_HEADER = re.compile(r"check (\d+)\n")
 def run_checks_until(
     container: Container, checks: Sequence[Check], seconds: float, every: float
 ) -> tuple[int, Result]:
-    """The checks run in the container in turn, each every `every` seconds
-    until it passes, for `seconds` in all (whole seconds, at least 1; the
-    checks after one that passed still run once): how many passed first,
-    and the last result of the one after them (or of the last, when all
-    did), for Check.matches. The checks must share one user.
+    """The leading checks that share the first one's user, run in the
+    container in turn, each every `every` seconds until it passes, for
+    `seconds` in all (whole seconds, at least 1; the checks after one that
+    passed still run once): how many passed first, and the last result of
+    the one after them (or of the last, when all did), for Check.matches.
 
     One exec for services that are still coming up instead of one per poll
     and check: each `docker exec` costs the engine, containerd and runc a
@@ -324,19 +324,15 @@ def run_checks_until(
     0.3 s later with execs every 0.05 s). The loop also sees a service the
     moment it answers, not at the next poll from outside.
     """
-    (user,) = {check.user for check in checks}
+    user = checks[0].user
+    chain = list(itertools.takewhile(lambda check: check.user == user, checks))
     loop = ("sh", "-c", _CHAIN_LOOP, "sh", f"{max(1, math.floor(seconds))}", f"{every:g}")
-    pairs = [(check.expect or "", shlex.join(_bounded(check))) for check in checks]
+    pairs = [(check.expect or "", shlex.join(_bounded(check))) for check in chain]
     result = execute(container, (*loop, *(part for pair in pairs for part in pair)), user=user)
     header = _CHAIN_HEADER.match(result.output)
-    if header is None or int(header.group(1)) >= len(checks):  # the loop did not run
+    if header is None or int(header.group(1)) >= len(chain):  # the loop did not run
         return 0, result
     return int(header.group(1)), Result(result.exit_code, result.output[header.end() :])
-
-
-def _one_users(checks: Sequence[Check]) -> list[Check]:
-    """The leading checks that run as the first one's user (one exec's worth)."""
-    return list(itertools.takewhile(lambda check: check.user == checks[0].user, checks))
 
 
 def telling_line(output: str, exit_code: int) -> str:
@@ -391,11 +387,11 @@ def wait_ready(container: Container, backend: Backend, timeout: float) -> float:
             # Coming up: wait inside the container, polled often, in whole
             # seconds that end before the deadline (a pass that the loop
             # completed after it would count: the timeout would not hold),
-            # the checks of one user in one exec.
+            # the next checks of one user in one exec.
             wait = math.floor(min(backend.ready_typical - (now - started), deadline - now))
             if wait >= 1:
                 before, result = run_checks_until(
-                    container, _one_users(checks[passed:]), min(wait, REPORT_EVERY), INSIDE_POLL
+                    container, checks[passed:], min(wait, REPORT_EVERY), INSIDE_POLL
                 )
                 passed += before
             else:

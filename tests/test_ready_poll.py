@@ -162,11 +162,13 @@ def test_checks_of_another_user_go_in_their_own_exec(monkeypatch):
     chain = [first, replace(second, user="dask"), third]
     users = []
 
-    def inside(_container, checks, *_timing):
-        users.append([check.user for check in checks])
-        return len(checks) - 1, Result(0, "is UP\nidle\nlinux\n")
+    def execute(_container, command, user):
+        # after sh -c LOOP sh SECONDS EVERY: a pattern and a command per check
+        count = len(command[6:]) // 2
+        users.append([user] * count)
+        return Result(0, f"check {count - 1}\nis UP\nidle\nlinux\n")
 
-    monkeypatch.setattr(containers, "run_checks_until", inside)
+    monkeypatch.setattr(containers, "execute", execute)
     monkeypatch.setattr(containers, "ensure_running", lambda *_: None)
     backend = replace(SLURM, ready_checks=tuple(chain))
     containers.wait_ready(object(), backend, timeout=60)

@@ -115,6 +115,13 @@ def job_attributes(job_id: str) -> dict[str, str]:
     return attributes
 
 
+def job_state(job_id: str) -> str:
+    """The state column of `qstat -x JOBID`, as dask-gateway's
+    PBSBackend.parse_job_states reads it: two header lines, then one row per
+    job with the state in column 5."""
+    return pbs("qstat", "-x", job_id).splitlines()[2].split()[4]
+
+
 def wait_finished(job_id: str) -> dict[str, str]:
     def finished() -> dict[str, str] | None:
         attributes = job_attributes(job_id)
@@ -153,10 +160,8 @@ def test_qstat_x_reports_a_finished_job():
     job_id = submit("conformance-history", "exit 0")
     assert wait_finished(job_id).get("Exit_status") == "0"
 
-    # Parsed as dask-gateway's PBSBackend.parse_job_states does: two header
-    # lines, then one row per job with the state in column 5.
-    rows = pbs("qstat", "-x", job_id).splitlines()
-    assert rows[2].split()[4] == "F", rows
+    # Parsed as dask-gateway's PBSBackend.parse_job_states does.
+    assert job_state(job_id) == "F"
 
 
 def test_dask_is_a_pbs_operator():
@@ -235,11 +240,6 @@ signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), sys.exit(0)))
 pathlib.Path(sys.argv[1]).touch()
 time.sleep(600)
 """
-
-
-def job_state(job_id: str) -> str:
-    """The state column of `qstat -x JOBID`, as dask-gateway reads it."""
-    return pbs("qstat", "-x", job_id).splitlines()[2].split()[4]
 
 
 def test_a_deleted_job_leaves_r_within_dask_gateways_wait(tmp_path):
