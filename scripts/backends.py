@@ -24,6 +24,9 @@ IMAGE, SERVICES = "image", "services"
 # numbers), a tuple is a choice of literal values, [x] a list of x, {str: x}
 # a table of any keys, and a dict of names a table with exactly those keys.
 ARGV = [str]
+# A file the build downloads: the build args holding its URL and checksum (their
+# values are the Dockerfile's ARG defaults), and its name in a sources folder.
+DOWNLOAD = {"url": str, "checksum": str, "file": str, "architecture": str}
 CHECK = {"name": str, "command": ARGV, "user": str, "expect": str, "timeout": float}
 SCHEMA = {
     "description": str,
@@ -32,7 +35,7 @@ SCHEMA = {
     "blocking": bool,
     "parent": str,
     "from": str,
-    "build": {"args": {str: str}},
+    "build": {"args": {str: str}, "downloads": [DOWNLOAD]},
     "run": {
         "container_name": str,
         "hostname": str,
@@ -50,6 +53,12 @@ SCHEMA = {
     "install": {"conformance": [ARGV]},
 }
 CAPABILITY = re.compile(r"^[A-Z][A-Z_]*$")
+# Debian's names of the architectures the images are built for (platforms.py).
+ARCHITECTURES = ("amd64", "arm64")
+# A build arg's name, as Dockerfiles write them.
+ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+# The checksum arg's last word names the algorithm fetch-verified is given.
+CHECKSUM_ARG = re.compile(r"^[A-Z][A-Z0-9_]*_(SHA256|SHA512)$")
 
 
 def describe(schema) -> str:
@@ -120,6 +129,30 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Download:
+    """A file the build downloads with fetch-verified (see ci/README.md, "Downloads").
+
+        url = "OPENPBS_URL", checksum = "OPENPBS_SHA512"  ->  algorithm "sha512"
+
+    `file` is its name in a sources folder, ${ARG}s expanded as in the
+    Dockerfile; empty: the last part of the URL's path. With `architecture`
+    (amd64, arm64), only builds for it download the file.
+    """
+
+    url: str  # the build arg holding the URL
+    checksum: str  # the build arg holding the hex digest
+    file: str = ""
+    architecture: str = ""
+
+    @property
+    def algorithm(self) -> str:
+        """hashlib's name of the checksum's algorithm, from the checksum arg's name."""
+        match = CHECKSUM_ARG.match(self.checksum)
+        assert match, self.checksum  # checked by _download
+        return match.group(1).lower()
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     folder: Path
@@ -132,6 +165,7 @@ class Backend:
     parent: str | None = None
     base_image: str | None = None  # the external image the root backend builds FROM
     build_args: dict[str, str] = field(default_factory=dict)
+    downloads: tuple[Download, ...] = ()
     container_name: str = ""
     hostname: str = ""
     ports: tuple[int, ...] = ()
@@ -193,6 +227,28 @@ def _check(raw: dict, where: str) -> Check:
     )
 
 
+def _download(raw: dict, where: str) -> Download:
+    for key in ("url", "checksum"):
+        if key not in raw:
+            raise DeclarationError(f"{where}: '{key}' (a build arg's name) is required")
+    if not ARG_NAME.match(raw["url"]):
+        raise DeclarationError(f"{where}.url: {raw['url']!r} is not a build arg's name")
+    if not CHECKSUM_ARG.match(raw["checksum"]):
+        raise DeclarationError(
+            f"{where}.checksum: {raw['checksum']!r} is not a build arg named like "
+            "NAME_SHA256 or NAME_SHA512 (its last word is the algorithm)"
+        )
+    file = raw.get("file", "")
+    if "/" in file or file in (".", ".."):
+        raise DeclarationError(f"{where}.file: {file!r} is not a file name")
+    architecture = raw.get("architecture", "")
+    if architecture not in ("", *ARCHITECTURES):
+        raise DeclarationError(
+            f"{where}.architecture: {architecture!r}; choose from: {', '.join(ARCHITECTURES)}"
+        )
+    return Download(raw["url"], raw["checksum"], file, architecture)
+
+
 def capability_names(names: list[str], where: str) -> tuple[str, ...]:
     found = []
     for name in names:
@@ -219,7 +275,7 @@ def parse(name: str, folder: Path, data: dict) -> Backend:
             f"{where}: give either 'parent' (another backend) or 'from' (an external image)"
         )
     run, ready, logs = data.get("run", {}), data.get("ready", {}), data.get("logs", {})
-    install = data.get("install", {})
+    install, build = data.get("install", {}), data.get("build", {})
     capabilities = run.get("capabilities", {})
     ports = tuple(run.get("ports", ()))
     for port in ports:
@@ -234,7 +290,11 @@ def parse(name: str, folder: Path, data: dict) -> Backend:
         blocking=data.get("blocking", True),
         parent=data.get("parent"),
         base_image=data.get("from"),
-        build_args=dict(data.get("build", {}).get("args", {})),
+        build_args=dict(build.get("args", {})),
+        downloads=tuple(
+            _download(d, f"{where}: build.downloads[{i}]")
+            for i, d in enumerate(build.get("downloads", []))
+        ),
         container_name=run.get("container_name", data["image"]),
         hostname=run.get("hostname", name),
         ports=ports,

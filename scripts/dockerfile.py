@@ -6,6 +6,8 @@ an ARG defaults to); not a parser of the whole syntax.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +83,41 @@ def arg_defaults(items: list[Instruction]) -> dict[str, str | None]:
 def declared_args(dockerfile: Path) -> set[str]:
     """Every ARG name the Dockerfile declares, in any stage."""
     return {name for items in stages(dockerfile).values() for name in arg_defaults(items)}
+
+
+def all_arg_defaults(
+    dockerfile: Path, overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Every ARG with a default, from any stage, with ${OTHER} references expanded.
+
+    The first default in the file wins: a stage that declares the ARG again
+    without one (to see it) gets the global default, as in a build.
+    `overrides` (a build's --build-arg values) replace defaults before the
+    expansion, as they do in a build. An unknown ${X} stays as it is.
+
+        ARG V=1.2
+        ARG U=https://h/x-${V}.tgz    ->  {"V": "1.2", "U": "https://h/x-1.2.tgz"}
+    """
+    found: dict[str, str] = {}
+    for items in stages(dockerfile).values():
+        for name, default in arg_defaults(items).items():
+            if default:
+                found.setdefault(name, default)
+    found.update(overrides or {})
+    return {name: expand(value, found, frozenset({name})) for name, value in found.items()}
+
+
+def expand(text: str, values: Mapping[str, str], seen: frozenset[str] = frozenset()) -> str:
+    """`text` with each ${NAME} of `values` replaced, recursively; others kept.
+
+    >>> expand("x-${V}.tgz", {"V": "1.2"})
+    'x-1.2.tgz'
+    """
+
+    def one(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values or name in seen:
+            return match.group(0)
+        return expand(values[name], values, seen | {name})
+
+    return re.sub(r"\$\{(\w+)\}", one, text)

@@ -17,6 +17,7 @@ here (`translated`), keeping their text, into this module's own:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import re
@@ -491,6 +492,27 @@ def save_image(client: Client, reference: str) -> tuple[str, Iterator[bytes]]:
     with translated():
         raw = client.images.get(reference)
     return raw.id, _streamed(lambda: raw.save(named=reference))
+
+
+def bridge_network(client: Client) -> tuple[str, str] | None:
+    """The default bridge network's subnet and gateway address, or None when the
+    engine has no such network.
+
+    Docker names it "bridge" (20.10 leaves the gateway out of the answer: it
+    is the subnet's first address); Podman's compatible API answers for
+    "bridge" with its own default network. Raises EngineError.
+    """
+    try:
+        with translated():
+            network = client.api.inspect_network("bridge")
+    except NotFound:
+        return None
+    for config in (network.get("IPAM") or {}).get("Config") or []:
+        subnet = config.get("Subnet") or ""
+        if subnet and ":" not in subnet:  # IPv4
+            gateway = config.get("Gateway") or str(next(ipaddress.ip_network(subnet).hosts()))
+            return subnet, gateway
+    return None
 
 
 def architecture(client: Client) -> str:

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import debian, log
+from . import debian, log, sources
 from .backends import Backend, ancestors
 from .distribution import RegistryAPI
 from .dockerfile import declared_args, parse, stage_names, stages_of
@@ -41,7 +41,7 @@ from .engine import (
 from .engine import build as engine_build
 from .errors import StepFailed, UserError, first_line
 from .labels import BACKEND_LABEL, REVISION_LABEL
-from .platforms import PLAIN, Platform
+from .platforms import PLAIN, Platform, native
 from .provenance import changed_since, has_commit, oci_labels, provenance
 from .settings import LATEST, Settings
 from .summary import human_size
@@ -264,10 +264,12 @@ def build_one(
     nocache: bool = False,
     root_id: str | None = None,
     platform: Platform | None = None,
+    offered: tuple[sources.Offer, ...] = (),
 ) -> str:
     """Build one image from ci/<backend>/ on `parent_id` and return its ID.
 
-    `root_id` is passed as ROOT_ARG when the Dockerfile declares it. With
+    `root_id` is passed as ROOT_ARG when the Dockerfile declares it.
+    `offered` files of a sources folder are served to this build (sources.py). With
     `platform`, the engine builds for it (RUN steps of another architecture
     run under the host's binfmt_misc emulation) and the image is tagged with
     its local name (local_reference). Raises StepFailed when the build fails
@@ -281,16 +283,17 @@ def build_one(
     what = f"{reference}" + (f" (target {target})" if target else "")
     with log.group(f"build {what}"):
         labels = oci_labels(backend, provenance(settings.source, [backend.folder, *parent_folders]))
-        stream = run_build(
-            client,
-            context_archive(backend.folder, labels, target),
-            tag=reference if target is None else None,
-            buildargs=args,
-            target=target,
-            network_mode=network_mode,
-            nocache=nocache,
-            **({"platform": str(platform)} if platform else {}),
-        )
+        with sources.served(client, offered) as urls:
+            stream = run_build(
+                client,
+                context_archive(backend.folder, labels, target),
+                tag=reference if target is None else None,
+                buildargs={**args, **urls},
+                target=target,
+                network_mode=network_mode,
+                nocache=nocache,
+                **({"platform": str(platform)} if platform else {}),
+            )
     if stream.error is not None:
         # The step line already shows the command; do not repeat it.
         error = re.sub(r"The command '.*' returned", "It returned", stream.error, flags=re.S)
@@ -446,6 +449,7 @@ def build_with_parents(
     build_parents: bool = True,
     reuse_published: bool = False,
     platform: Platform | None = None,
+    sources_folder: Path | None = None,
     **options,
 ) -> str:
     """Build `backend` on the parent image this run just built or has locally.
@@ -457,9 +461,21 @@ def build_with_parents(
     checkout (see published_if_current) is pulled instead of built: the
     image itself when it is, else its nearest current parents, so a pull
     request builds only what it changes and pulls each layer once.
+    With `sources_folder`, each build takes the files it downloads from there
+    when they are there; they are checked before anything is built.
     """
     chain = [*ancestors(backends, backend.name), backend]
     folders = tuple(item.folder for item in chain)
+    offered = (
+        sources.chain_offers(
+            chain,
+            options.get("build_args") or {},
+            (platform or native(client)).architecture,
+            sources_folder,
+        )
+        if sources_folder is not None
+        else {}
+    )
     if reuse_published and backend.name not in built:
         pulled = published_if_current(client, settings, backend, folders, platform)
         if pulled is not None:
@@ -495,6 +511,7 @@ def build_with_parents(
             parent_id=parent_id or external_image(client, item, platform),
             parent_folders=folders[:index],
             platform=platform,
+            offered=offered.get(item.name, ()),
             root_id=(
                 external_image(client, root, platform)
                 if item is not root and ROOT_ARG in declared_args(item.dockerfile)

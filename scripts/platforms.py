@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .backends import ARCHITECTURES
 from .engine import Client, get_image
 from .engine import architecture as engine_architecture
 from .errors import UserError
@@ -23,8 +24,9 @@ PLAIN = "amd64"
 # "architectures other than amd64"), and the OCI variant engines record.
 OFFICIAL_PREFIX = {"amd64": "amd64", "arm64": "arm64v8"}
 VARIANT = {"arm64": "v8"}
-# Debian's name of an architecture (debootstrap --arch) is Go's for these two.
-SUPPORTED = tuple(OFFICIAL_PREFIX)
+# Debian's name of an architecture (debootstrap --arch) is Go's for these two;
+# the declarations name them too (backends.ARCHITECTURES).
+SUPPORTED = ARCHITECTURES
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ pyproject.toml and can be overridden without editing code:
 
 Both are checked here, before anything talks to the engine, so a typo is one
 line naming where the value came from. The run's other settings (ready
-timeout, host ports, the checkout, what is forwarded into containers, a
+timeout, host ports, the checkout, the sources folder, what is forwarded into containers, a
 plan's backends and architectures, push retries, the Docker CLI and config,
 the state folder, the job summary, registry credentials) are read here too,
 as given, and checked by the step that uses them (containers.ready_timeout,
@@ -40,6 +40,7 @@ OWNER_VARIABLE = "DASK_GATEWAY_CI_OWNER"
 READY_TIMEOUT_VARIABLE = "DASK_GATEWAY_CI_READY_TIMEOUT"  # overrides ready.timeout
 PORTS_VARIABLE = "DASK_GATEWAY_CI_PORTS"  # none, or +N: the services' host ports
 SOURCE_VARIABLE = "DASK_GATEWAY_SOURCE"  # the checkout start and cycle mount
+SOURCES_VARIABLE = "DASK_GATEWAY_CI_SOURCES"  # build's folder of release archives
 # Which engine: docker-py reads it to connect; engine.connect names it in its
 # message, capabilities.engine_key keys what an engine refused by it.
 DOCKER_HOST_VARIABLE = "DOCKER_HOST"
@@ -113,6 +114,7 @@ class Settings:
     ready_timeout: str = ""
     ports: str = ""
     checkout: str = ""
+    sources: str = ""  # a folder of release archives for the builds (sources.py)
     docker_host: str = ""
     selection: str = ""  # the backends of a plan
     architectures: str = ""  # the architectures of a plan
@@ -188,6 +190,7 @@ def load_settings(root: Path = ROOT, environ: Mapping[str, str] | None = None) -
         ready_timeout=environ.get(READY_TIMEOUT_VARIABLE, ""),
         ports=environ.get(PORTS_VARIABLE, ""),
         checkout=environ.get(SOURCE_VARIABLE, ""),
+        sources=environ.get(SOURCES_VARIABLE, ""),
         docker_host=environ.get(DOCKER_HOST_VARIABLE, ""),
         selection=environ.get(SELECTION_VARIABLE, ""),
         architectures=environ.get(ARCHITECTURES_VARIABLE, ""),

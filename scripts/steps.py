@@ -24,6 +24,7 @@ from . import (
     ports,
     publish,
     signals,
+    sources,
     state,
     summary,
 )
@@ -41,7 +42,7 @@ from .images import (
     save_archive,
 )
 from .labels import CONSUMER_LABEL
-from .settings import LATEST, PORTS_VARIABLE, SOURCE_VARIABLE
+from .settings import LATEST, PORTS_VARIABLE, SOURCE_VARIABLE, SOURCES_VARIABLE
 
 __all__ = ["STEPS"]  # every step, registered as this module is imported
 
@@ -59,6 +60,12 @@ PLATFORM_OPTION = option(
     "--platform",
     help="linux/amd64 or linux/arm64 (default: the engine's own); another architecture runs "
     "under emulation, its local tag is :latest-ARCH",
+)
+SOURCES_OPTION = option(
+    "--sources",
+    metavar="DIR",
+    help=f"take the files the build downloads from DIR when they are there, checked "
+    f"(default ${SOURCES_VARIABLE})",
 )
 PUBLISH_OPTIONS = (
     option(
@@ -98,6 +105,7 @@ PUBLISH_OPTIONS = (
         ),
         option("--load-parent", metavar="TAR", help="docker load the parent from TAR, build on it"),
         option("--save", metavar="TAR", help="docker save the built image to TAR"),
+        SOURCES_OPTION,
         option(
             "--pull-if-current",
             action="store_true",
@@ -111,6 +119,7 @@ def build(ctx: Context, backend: Backend) -> None:
     platform = _platform(ctx)
     build_args = dict(_key_value(item) for item in o.build_arg)
     check_build_options(backend, build_args=build_args, target=o.target, save=o.save)
+    folder = sources.folder_of(o.sources, ctx.settings.sources, ctx.invoked_from)
     if o.target and (o.save or o.pull_if_current):
         raise UserError("--target builds one stage: it takes neither --save nor --pull-if-current")
     if o.load_parent:
@@ -127,6 +136,7 @@ def build(ctx: Context, backend: Backend) -> None:
         build_parents=not (o.no_parent_build or o.load_parent),
         reuse_published=o.pull_if_current,
         platform=platform,
+        sources_folder=folder,
         build_args=build_args,
         target=o.target,
         network_mode=o.network,
@@ -140,7 +150,9 @@ def build(ctx: Context, backend: Backend) -> None:
     "verify",
     "Check the {backend} image against the contract in a throwaway container",
     scope=IMAGE,
-    options=(PLATFORM_OPTION,),
+    # --sources: verify downloads nothing; taken so that one argument list serves
+    # `nox -s build-pbs verify-pbs -- --sources DIR`.
+    options=(PLATFORM_OPTION, SOURCES_OPTION),
 )
 def verify(ctx: Context, backend: Backend) -> None:
     state.check_writable(ctx.settings)

@@ -37,6 +37,9 @@ class Run:
 def nox_env(state_dir: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("GITHUB_ACTIONS", None)
+    # A build takes from a sources folder only where its test asks (test_sources,
+    # test_upstream_dropin): elsewhere the declared URLs are what is tested.
+    env.pop("DASK_GATEWAY_CI_SOURCES", None)
     env.update(
         DASK_GATEWAY_CI_OWNER=TEST_OWNER,
         DASK_GATEWAY_CI_STATE_DIR=str(state_dir),

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from scripts import backends, consumers
-from scripts.dockerfile import arg_defaults, instructions, stage_names, stages
+from scripts.dockerfile import all_arg_defaults, arg_defaults, instructions, stage_names, stages
 from scripts.errors import DeclarationError, UserError
-from tests.dockerfiles import all_arg_defaults, env_values
+from tests.dockerfiles import env_values
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "ci"
@@ -327,6 +327,22 @@ def test_download_stage_declares_and_uses_its_args(name):
     assert f"--url-arg {url}" in runs
 
 
+# fetch-verified "$URL_ARG" "ALGO:$CHECKSUM_ARG" DEST --url-arg URL_ARG, as the Dockerfiles call it.
+FETCH = re.compile(r'fetch-verified "\$(\w+)" "(sha256|sha512):\$(\w+)" \S+ --url-arg (\w+)')
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_every_download_of_the_dockerfile_is_declared(name):
+    """What `build --sources` offers is what the build fetches: no call undeclared, none extra."""
+    runs = " ".join(i.value for i in instructions(CI / name / "Dockerfile") if i.keyword == "RUN")
+    calls = FETCH.findall(runs)
+    assert len(calls) == runs.count("fetch-verified "), f"{name}: a call not written as FETCH"
+    assert all(url == url_arg for url, _, _, url_arg in calls), calls
+    fetched = {(url, algorithm, checksum) for url, algorithm, checksum, _ in calls}
+    declared = {(d.url, d.algorithm, d.checksum) for d in ALL[name].downloads}
+    assert fetched == declared
+
+
 @pytest.mark.parametrize("name", sorted(DOWNLOADS))
 def test_download_stage_is_first_so_a_bad_url_fails_before_anything_else(name):
     named = [stage for stage in stages(CI / name / "Dockerfile") if stage]
@@ -385,6 +401,23 @@ MALFORMED = {
     "build-arg-not-a-string": (
         GOOD_BASE + "[build.args]\nVERSION = 3\n",
         "build.args.VERSION: expected a string, got 3",
+    ),
+    "download-without-checksum": (
+        GOOD_BASE + '[[build.downloads]]\nurl = "X_URL"\n',
+        "build.downloads[0]: 'checksum' (a build arg's name) is required",
+    ),
+    "download-checksum-without-algorithm": (
+        GOOD_BASE + '[[build.downloads]]\nurl = "X_URL"\nchecksum = "X_MD5"\n',
+        "build.downloads[0].checksum: 'X_MD5' is not a build arg named like NAME_SHA256",
+    ),
+    "download-file-with-a-folder": (
+        GOOD_BASE + '[[build.downloads]]\nurl = "X_URL"\nchecksum = "X_SHA256"\nfile = "a/b"\n',
+        "build.downloads[0].file: 'a/b' is not a file name",
+    ),
+    "download-architecture-typo": (
+        GOOD_BASE
+        + '[[build.downloads]]\nurl = "X_URL"\nchecksum = "X_SHA256"\narchitecture = "x86"\n',
+        "build.downloads[0].architecture: 'x86'; choose from: amd64, arm64",
     ),
     "install-not-a-list": (
         GOOD_BASE + '[install]\nconformance = "pytest"\n',

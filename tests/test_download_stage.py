@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.dockerfiles import all_arg_defaults
+from scripts.dockerfile import all_arg_defaults
 from tests.http_server import serve
 from tests.nox_runner import Run, aborted_line, nox, nox_env
 from tests.registry import free_port, unavailable

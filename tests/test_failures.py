@@ -155,6 +155,7 @@ def test_bad_build_options_fail_before_building(engine, env, built, tmp_path):
         (["--target", "nosuchstage"], "has no such stage; stages: "),
         (["--save", "/nonexistent/x.tar"], "--save /nonexistent/x.tar: cannot write there"),
         (["--load-parent", str(garbage)], f"{garbage} is not an image archive (docker load:"),
+        (["--sources", str(tmp_path / "nope")], f"--sources {tmp_path / 'nope'}: not a folder"),
     ):
         run = nox("-s", "build-slurm", "--", *args, env=env)
         assert expected in one_line_failure(run), args

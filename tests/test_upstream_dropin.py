@@ -17,6 +17,7 @@ CA bundle is mounted, as on any network that intercepts TLS; pbs gets
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -28,7 +29,7 @@ import pytest
 
 from scripts import trust
 from scripts.backends import load_all
-from scripts.settings import load_settings
+from scripts.settings import SOURCES_VARIABLE, load_settings
 from tests.nox_runner import TEST_OWNER, nox, nox_env
 from tests.registry import engine_grants, free_port, unavailable
 
@@ -87,20 +88,26 @@ def checkout(folder: Path, backend: str) -> Path:
 
 
 def image_for(engine, backend: str) -> str:
-    """slurm: built here by nox. pbs: the image built beside the tests, when there is one."""
-    if backend == "slurm":
-        run = nox("-s", "build-slurm", env=nox_env(Path("/tmp") / "dropin-state"))
-        assert run.returncode == 0, run.output[-3000:]
-        return f"ghcr.io/{TEST_OWNER}/dask-gateway-ci-slurm:latest"
-    for owner in (TEST_OWNER, load_settings(environ={}).owner):
-        reference = f"ghcr.io/{owner}/dask-gateway-ci-{backend}:latest"
-        if engine.images.list(name=reference):
-            return reference
-    unavailable(
-        f"no {backend} image here: its source cannot be downloaded on this machine "
-        f"(build it with `nox -s build-{backend} -- --build-arg ...URL=` first)"
-    )
-    raise AssertionError  # unreachable: unavailable() fails
+    """slurm: built here by nox. pbs: the image built beside the tests (.ci/run builds it
+    once for every engine), else built here from the sources folder when one is set."""
+    if backend != "slurm":
+        for owner in (TEST_OWNER, load_settings(environ={}).owner):
+            reference = f"ghcr.io/{owner}/dask-gateway-ci-{backend}:latest"
+            if engine.images.list(name=reference):
+                return reference
+    extra = {}
+    if backend != "slurm":
+        folder = os.environ.get(SOURCES_VARIABLE)
+        if not folder:
+            unavailable(
+                f"no {backend} image here, and no {SOURCES_VARIABLE}: its source cannot be "
+                f"downloaded on this machine (set {SOURCES_VARIABLE} to a folder that holds it, "
+                f"or build it with `nox -s build-{backend} -- --sources DIR` first)"
+            )
+        extra[SOURCES_VARIABLE] = folder
+    run = nox("-s", f"build-{backend}", env=nox_env(Path("/tmp") / "dropin-state", **extra))
+    assert run.returncode == 0, run.output[-3000:]
+    return f"ghcr.io/{TEST_OWNER}/dask-gateway-ci-{backend}:latest"
 
 
 def exec_(container, command, *, user="root", workdir="/working") -> str:
