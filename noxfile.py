@@ -106,8 +106,9 @@ def workflows(session: nox.Session) -> None:
     """Run a GitHub workflow here with act: jobs on this host, a local registry for ghcr.io.
 
     nox -s workflows -- images|test [--event push|pull_request|schedule|workflow_dispatch]
-    [--before REV] [--base REV] [--backends NAMES] [--dask-gateway DIR] [--registry HOST:PORT]
-    [--registry-dir DIR] [--job ID] [--run-id N] [--log FILE] [--repository DIR] [--offline]
+    [--before REV] [--base REV] [--backends NAMES] [--dask-gateway DIR] [--dask-jobqueue DIR]
+    [--registry HOST:PORT] [--registry-dir DIR] [--job ID] [--run-id N] [--log FILE]
+    [--repository DIR] [--offline]
     """
     from scripts.workflows import parse_options, run
 

@@ -208,10 +208,16 @@ def is_running(container: Container, *, settle: bool = False) -> bool:
 
 
 def ensure_running(container: Container, what: str) -> None:
-    """Raises StepFailed naming its state when the container no longer runs."""
+    """Raises StepFailed naming its state, and its last line of output (an image
+    that refuses to run says why there), when the container no longer runs."""
     if not is_running(container):
+        output = ""
+        with contextlib.suppress(APIError):  # removed meanwhile: its state says enough
+            output = container.logs(tail=5)
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        said = f"; its last output: {lines[-1][:300]}" if lines else ""
         raise StepFailed(
-            f"the {what} container is {container.status} (exit code {container.exit_code})"
+            f"the {what} container is {container.status} (exit code {container.exit_code}){said}"
         )
 
 

@@ -2,17 +2,21 @@
 
     $ nox -s plan
     date=2026-11-27
-    images=["base","hadoop","pbs","slurm"]
-    backends=["hadoop","pbs","slurm"]
+    images=["base","hadoop","pbs","sge","slurm"]
+    backends=["hadoop","pbs","sge","slurm"]
     advisory=["hadoop"]
     architectures=["amd64","arm64"]
     platform_options=["--platform=linux/amd64","--platform=linux/arm64"]
+    dask_gateway=["hadoop","pbs","slurm"]
+    dask_jobqueue=["pbs","sge","slurm"]
 
-`images` are built and published (parents first), `backends` run
-dask-gateway's tests, `advisory` are the backends whose failure holds back
-nothing (`blocking = false`). `architectures` are the legs of each image
-job (amd64 on ubuntu-24.04, arm64 on ubuntu-24.04-arm), and
-`platform_options` what publish passes to push and tag-dated: an index of
+`images` are built and published (parents first), `backends` are those that
+run services (a job each), `advisory` are the backends whose failure holds
+back nothing (`blocking = false`). Then, per consumer (consumers/*.toml, its
+name with `_` for `-`), the backends of this run whose tests it declares:
+the workflows run a consumer's tests only where it has some. `architectures`
+are the legs of each image job (amd64 on ubuntu-24.04, arm64 on
+ubuntu-24.04-arm), and `platform_options` what publish passes to push and tag-dated: an index of
 every architecture, or nothing when amd64 is the only one (the tags then
 hold the amd64 image itself, as they always have). The date is taken once,
 so a run that crosses midnight UTC gives every image the same dated tag.
@@ -29,6 +33,7 @@ import re
 from datetime import UTC, datetime
 
 from .backends import Backend, ancestors
+from .consumers import Consumer
 from .errors import UserError
 from .platforms import PLAIN, SUPPORTED
 from .settings import ARCHITECTURES_VARIABLE, SELECTION_VARIABLE, Settings
@@ -66,11 +71,19 @@ def architectures(settings: Settings) -> list[str]:
     return [a for a in SUPPORTED if not names or a in names]
 
 
-def plan(backends: dict[str, Backend], settings: Settings) -> dict[str, str]:
+def plan(
+    backends: dict[str, Backend], consumers: dict[str, Consumer], settings: Settings
+) -> dict[str, str]:
     """The outputs of a plan job: each value one line (JSON lists for matrices)."""
     images = selected(backends, settings)
     legs = architectures(settings)
     services = [n for n in images if backends[n].runs_services]
+    tested_by = {
+        consumer.name.replace("-", "_"): json.dumps(
+            [n for n in services if n in consumer.uses], separators=(",", ":")
+        )
+        for consumer in consumers.values()
+    }
     return {
         "date": datetime.now(UTC).date().isoformat(),
         "images": json.dumps(images, separators=(",", ":")),
@@ -83,6 +96,7 @@ def plan(backends: dict[str, Backend], settings: Settings) -> dict[str, str]:
             [f"--platform=linux/{a}" for a in legs] if len(legs) > 1 else [],
             separators=(",", ":"),
         ),
+        **tested_by,
     }
 
 

@@ -676,4 +676,5 @@ def bootstrap_debian(ctx: Context, _backend: None) -> None:
     scope=PROJECT,
 )
 def plan_run(ctx: Context, _backend: None) -> None:
-    print(plan.render(plan.plan(ctx.backends, ctx.settings)), end="", flush=True)
+    declared = consumers.load_all(ctx.backends)
+    print(plan.render(plan.plan(ctx.backends, declared, ctx.settings)), end="", flush=True)

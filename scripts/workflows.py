@@ -78,6 +78,7 @@ class Options:
     backends: str | None = None
     architectures: str | None = None
     dask_gateway: Path | None = None
+    dask_jobqueue: Path | None = None
     job: str | None = None
     run_id: int | None = None
     log_path: Path | None = None
@@ -107,6 +108,7 @@ def parse_options(arguments: list[str], invoked_from: Path) -> Options:
         "--architectures", help="only these architectures, e.g. amd64 (default: every one)"
     )
     parser.add_argument("--dask-gateway", help="a git clone standing in for dask/dask-gateway")
+    parser.add_argument("--dask-jobqueue", help="a git clone standing in for dask/dask-jobqueue")
     parser.add_argument("--registry", help="HOST:PORT of a registry standing in for ghcr.io")
     parser.add_argument("--registry-dir", help="storage of the registry started for the run")
     parser.add_argument("--job", help="only this job (and the jobs it needs)")
@@ -130,6 +132,7 @@ def parse_options(arguments: list[str], invoked_from: Path) -> Options:
         backends=given.backends,
         architectures=given.architectures,
         dask_gateway=path(given.dask_gateway),
+        dask_jobqueue=path(given.dask_jobqueue),
         job=given.job,
         run_id=given.run_id,
         log_path=path(given.log),
@@ -307,17 +310,18 @@ def act_binary(given: str | None) -> str:
     return found
 
 
-def _stand_in_repositories(folder: Path, dask_gateway: Path | None) -> None:
-    """dask/dask-gateway for the checkout stand-in: a clone of --dask-gateway."""
-    if dask_gateway is None:
-        return
-    if _git(dask_gateway, "rev-parse", "--git-dir") is None:
-        raise UserError(f"--dask-gateway {dask_gateway}: not a git repository")
-    target = folder / "dask" / "dask-gateway"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["git", "clone", "--quiet", "--mirror", str(dask_gateway), str(target)], check=True
-    )
+def _stand_in_repositories(folder: Path, clones: dict[str, Path | None]) -> None:
+    """The consumers' repositories for the checkout stand-in, by GitHub name: a
+    mirror of each clone given (--dask-gateway, --dask-jobqueue)."""
+    for repository, clone in clones.items():
+        if clone is None:
+            continue
+        option = "--" + repository.partition("/")[2]
+        if _git(clone, "rev-parse", "--git-dir") is None:
+            raise UserError(f"{option} {clone}: not a git repository")
+        target = folder / repository
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "--quiet", "--mirror", str(clone), str(target)], check=True)
 
 
 def _env_file(path: Path, env: dict[str, str]) -> Path:
@@ -354,7 +358,13 @@ def run(options: Options) -> list[StepResult]:
         payload = event_payload(options, name)
         event.write_text(json.dumps(payload, indent=2))
         repositories = work / "repositories"
-        _stand_in_repositories(repositories, options.dask_gateway)
+        _stand_in_repositories(
+            repositories,
+            {
+                "dask/dask-gateway": options.dask_gateway,
+                "dask/dask-jobqueue": options.dask_jobqueue,
+            },
+        )
         registry, started = _registry(options, work)
         log_path = options.log_path or work / "act.jsonl"
         env = {

@@ -119,12 +119,12 @@ def test_plan_architectures_and_what_publish_passes():
         plan.architectures(_given("arm64"))
     with pytest.raises(UserError, match="unknown architecture 'ppc64el'"):
         plan.architectures(_given("amd64,ppc64el"))
-    both = plan.plan({}, _given())
+    both = plan.plan({}, {}, _given())
     assert json.loads(both["platform_options"]) == [
         "--platform=linux/amd64",
         "--platform=linux/arm64",
     ]
-    only = plan.plan({}, _given("amd64"))
+    only = plan.plan({}, {}, _given("amd64"))
     assert json.loads(only["platform_options"]) == []  # the tags stay the image itself
 
 

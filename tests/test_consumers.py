@@ -31,13 +31,15 @@ def checkout(folder: Path, *paths: str) -> Path:
 def test_both_consumers_are_declared_for_the_backends_they_test():
     assert set(DECLARED) >= {"dask-gateway", "dask-jobqueue"}
     assert set(DECLARED["dask-gateway"].uses) == {"slurm", "pbs", "hadoop"}
-    assert set(DECLARED["dask-jobqueue"].uses) == {"slurm", "pbs"}
+    assert set(DECLARED["dask-jobqueue"].uses) == {"slurm", "pbs", "sge"}
 
 
 def test_dask_jobqueue_runs_its_suites_as_upstream_ci_does():
-    slurm, pbs = (DECLARED["dask-jobqueue"].uses[name] for name in ("slurm", "pbs"))
-    assert (slurm.user, pbs.user) == ("root", "pbsuser")
-    for use, env in ((slurm, "slurm"), (pbs, "pbs")):
+    slurm, pbs, sge = (DECLARED["dask-jobqueue"].uses[name] for name in ("slurm", "pbs", "sge"))
+    # ci/slurm.sh and ci/sge.sh: as root, from root's home; ci/pbs.sh: as pbsuser.
+    assert (slurm.user, pbs.user, sge.user) == ("root", "pbsuser", "root")
+    assert (slurm.workdir, pbs.workdir, sge.workdir) == ("/root", "/home/pbsuser", "/root")
+    for use, env in ((slurm, "slurm"), (pbs, "pbs"), (sge, "sge")):
         (command,) = use.test
         assert command[:2] == ("pytest", "/working/dask_jobqueue")
         assert command[command.index("-E") + 1] == env
@@ -47,6 +49,7 @@ def test_dask_jobqueue_runs_its_suites_as_upstream_ci_does():
         assert ("install", "-d", "-m", "1777", "/shared_space") in use.setup
         assert use.must_run == (f"dask_jobqueue/tests/test_{env}.py",)
     assert any("useradd" in " ".join(c) and "pbsuser" in " ".join(c) for c in pbs.setup)
+    assert not any("--reruns" in command for command in sge.test)  # a failure is one
 
 
 def test_the_interface_test_is_left_out_only_without_net_admin():

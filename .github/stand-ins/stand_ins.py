@@ -67,7 +67,8 @@ def checkout() -> None:
     if not folder or not ((source / ".git").exists() or (source / "HEAD").exists()):
         raise Failed(
             f"no local copy of {repository} for the checkout stand-in: give "
-            "`nox -s workflows` a git clone of it (--dask-gateway DIR for dask/dask-gateway)"
+            "`nox -s workflows` a git clone of it (--dask-gateway DIR for dask/dask-gateway, "
+            "--dask-jobqueue DIR for dask/dask-jobqueue)"
         )
     if destination.exists() and any(destination.iterdir()):
         shutil.rmtree(destination)
