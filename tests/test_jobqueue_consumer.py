@@ -1,12 +1,12 @@
-"""The second consumer for real: dask-jobqueue 0.9.0's -E slurm suite, unmodified,
-through `nox -s cycle -- slurm --source DIR` on the slurm image built here.
+"""The second consumer for real: dask-jobqueue 0.9.0's -E slurm and -E sge suites,
+unmodified, through `nox -s cycle -- slurm|sge --source DIR` on the images built here.
 
 CI reaches PyPI, not GitHub: the release sdist (hash-pinned) ships the
 tests, and the three files of the tag it leaves out (conftest.py, the TLS
 test's ca.pem and key.pem) are kept in tests/upstream/dask-jobqueue-0.9.0/,
 checked by their git blob IDs (its README). About 1.5 minutes (start, pip
-install, its dozen slurm tests). The pbs suite runs the same way
-(`cycle -- pbs`), in the images workflow, where the pbs image is built.
+install, its dozen slurm tests); sge about 1 minute (its 9 tests). The pbs
+suite runs the same way (`cycle -- pbs`), in the images workflow.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.nox_runner import ROOT, nox
 from tests.registry import engine_grants
 
 pytestmark = pytest.mark.docker
-SLURM = load_all()["slurm"]
+SLURM, SGE = (load_all()[name] for name in ("slurm", "sge"))
 RELEASE = "dask-jobqueue==0.9.0"
 # PyPI's SHA-256 of dask_jobqueue-0.9.0.tar.gz: pip checks it before unpacking.
 SDIST_SHA256 = "494ef64b7bb3848c7d72ed334c288030caca6a09dca54cfaa3f395f4ba7f5c47"
@@ -114,3 +114,28 @@ def slurm_image(engine, env) -> str:
     from scripts.settings import load_settings
 
     return engine.images.get(load_settings(environ=env).reference(SLURM)).id
+
+
+@pytest.fixture
+def sge_built(engine, env):
+    run = nox("-s", "build-sge", env=env)
+    assert run.returncode == 0, run.output[-3000:]
+    nox("-s", "stop", "--", "sge", env=env)
+    yield
+    nox("-s", "stop", "--", "sge", env=env)
+
+
+def test_dask_jobqueue_release_sge_suite_passes_through_cycle(engine, env, sge_built, tmp_path):
+    """As upstream's ci/sge.sh: as root from its home, no reruns; its 9 tests of SGE."""
+    source = release_sdist(tmp_path)
+    run = nox("-s", "cycle", "--", "sge", "--source", str(source), env=env)
+    assert run.returncode == 0, run.output[-6000:]
+    assert "root@/root$ pytest /working/dask_jobqueue -v -E sge" in run.output
+    found = counts(run.output)
+    print(f"dask-jobqueue 0.9.0 -E sge: {found}")
+    assert not {"failed", "error", "errors", "rerun"} & set(found)
+    assert found["passed"] >= 9
+    for test in ("test_sge.py::test_basic", "test_sge.py::test_complex_cancel_command"):
+        assert f"{test} PASSED" in run.output
+    assert "test_jobqueue_core.py::test_security[SGECluster] PASSED" in run.output
+    assert SGE.container_name not in {c.name for c in engine.containers.list(all=True)}

@@ -2,12 +2,13 @@
 name, a stopped qmaster, a queue with no free slot. Each ends in one line that
 says what to do, and leaves nothing behind.
 
-The image is built by nox (mostly from cache); its conformance tests run in
-`cycle -- sge` (tests/test_sessions.py runs the sessions on every backend).
+The image is built by nox (mostly from cache) and verified; dask-jobqueue's
+suite runs in it in tests/test_jobqueue_consumer.py.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -47,6 +48,14 @@ def exec_(container, command: str, user: str = "root") -> str:
     return output
 
 
+def test_verify_passes(env, image):
+    run = nox("-s", "verify-sge", env=env)
+    assert run.returncode == 0, run.output[-3000:]
+    assert re.search(r"^sge is ready after \d+\.\ds$", run.output, re.M)
+    for check in SGE.smoke:
+        assert f"ok: {check.name}" in run.output
+
+
 def test_another_hostname_is_one_line_naming_the_fix(engine, image):
     """A declaration whose [run] hostname is not the image's: the container says so and stops."""
     elsewhere = replace(SGE, hostname="grid")
@@ -71,8 +80,10 @@ def test_a_stopped_qmaster_is_one_line_naming_the_fix(engine, env, started):
     assert run.returncode != 0
     line = aborted_line(run)
     assert "sge not ready after 10s; last failing check: a job runs: sge_qmaster is not" in line
-    assert "start it with supervisorctl start sge_qmaster" in line
-    assert "nox -s print-logs -- sge" in line
+    assert (
+        "start it with supervisorctl start sge_qmaster; why it stopped: nox -s print-logs -- sge"
+        in line
+    )
 
 
 def test_a_full_queue_is_one_line_naming_the_fix(engine, env, started):
