@@ -54,6 +54,7 @@ CONTRACT = {
         "test": "pytest -v tests/test_yarn_backend.py tests/test_auth.py -k 'yarn or kerberos'",
     },
     "sge": {"hostname": "sge"},
+    "htcondor": {"hostname": "htcondor"},
 }
 
 # The downloads: (version arg, URL arg, checksum arg) per backend with one.
@@ -286,8 +287,11 @@ def test_base_builds_from_its_declared_external_image():
     """Every Dockerfile, base included, builds FROM the BASE_IMAGE the tooling passes."""
     found = stages(CI / "base" / "Dockerfile")
     assert arg_defaults(found[""]) == {"BASE_IMAGE": None}  # no default: nothing is pulled
-    (stage,) = [items for name, items in found.items() if name]
-    assert stage[0].value.split()[0] == "${BASE_IMAGE}"
+    # Every stage (ssl: the fixed _ssl module; then the image) from it.
+    assert [items[0].value.split()[0] for name, items in found.items() if name] == [
+        "${BASE_IMAGE}",
+        "${BASE_IMAGE}",
+    ]
     assert ALL["base"].parent is None
     assert ALL["base"].base_image == "debian:trixie-slim"
     assert [name for name, b in ALL.items() if b.parent is None] == ["base"]

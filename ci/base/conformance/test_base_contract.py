@@ -6,6 +6,7 @@ import pwd
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -83,3 +84,11 @@ def test_dask_scheduler_and_worker_names_exist_in_opt_python():
         assert path.exists() and os.access(path, os.X_OK), path
         if Path("/opt/python/bin/dask").exists():
             assert run(str(path), "--help").returncode == 0, name
+
+
+def test_a_stale_openssl_error_does_not_break_a_healthy_tls_read():
+    """CPython gh-148594: a healthy TLS read with another connection's error left in
+    OpenSSL's queue says "want read" (ci/base/patches/ssl-clear-error-queue.patch)."""
+    probe = run(sys.executable, "/usr/local/lib/dask-gateway-ci/ssl-error-queue-probe")
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert "ok, a healthy read says 'want read'" in probe.stdout
