@@ -22,6 +22,7 @@ CONSUMERS_DIR = ROOT / "consumers"
 SOURCE_MOUNT = "/working"  # where start mounts the checkout (containers.SOURCE_MOUNT)
 
 WANT = {"capability": str, "why": str, "setup": [ARGV], "deselect": [str]}
+NOT_RUN = {"test": str, "why": str}
 USE = {
     "setup": [ARGV],
     "install": [ARGV],
@@ -31,6 +32,7 @@ USE = {
     "environment": {str: str},
     "must_run": [str],
     "wants": [WANT],
+    "not_run": [NOT_RUN],
 }
 SCHEMA = {"description": str, "detect": [str], "backends": {str: USE}}
 
@@ -47,6 +49,15 @@ class Want:
 
 
 @dataclass(frozen=True)
+class NotRun:
+    """A test left out wherever the suite runs, for a cause of the consumer's own
+    that `why` names (a test that cannot pass as written); `test` says so."""
+
+    test: str
+    why: str
+
+
+@dataclass(frozen=True)
 class Use:
     """What one consumer does with one backend's container."""
 
@@ -58,6 +69,7 @@ class Use:
     environment: dict[str, str] = field(default_factory=dict)
     must_run: tuple[str, ...] = ()
     wants: tuple[Want, ...] = ()
+    not_run: tuple[NotRun, ...] = ()
 
     @property
     def wanted_capabilities(self) -> tuple[str, ...]:
@@ -120,7 +132,21 @@ def _use(raw: dict, where: str) -> Use:
         environment=dict(raw.get("environment", {})),
         must_run=tuple(raw.get("must_run", ())),
         wants=tuple(_want(w, f"{where}.wants[{i}]") for i, w in enumerate(raw.get("wants", []))),
+        not_run=tuple(
+            _not_run(n, f"{where}.not_run[{i}]") for i, n in enumerate(raw.get("not_run", []))
+        ),
     )
+
+
+def _not_run(raw: dict, where: str) -> NotRun:
+    for key in ("test", "why"):
+        if not raw.get(key):
+            raise DeclarationError(f"{where}: '{key}' (a non-empty string) is required")
+    if "::" not in raw["test"]:
+        raise DeclarationError(
+            f"{where}.test: {raw['test']!r} is not a pytest node id (path::test_name)"
+        )
+    return NotRun(test=raw["test"], why=raw["why"])
 
 
 def parse(name: str, path: Path, data: dict, backends: dict[str, Backend]) -> Consumer:
@@ -210,6 +236,12 @@ def _shown(checkout: Path, relative: str) -> str:
     return f"{relative.rstrip('/')}/ folder" if relative.endswith("/") else relative
 
 
-def deselected(use: Use, missing: set[str]) -> list[tuple[Want, str]]:
-    """(want, test id) for every test left out because its capability is `missing`."""
-    return [(w, test) for w in use.wants if w.capability in missing for test in w.deselect]
+def deselected(use: Use, missing: set[str]) -> list[tuple[str, str]]:
+    """(test id, why) for every test left out: those declared not run, and those
+    whose wanted capability is `missing`."""
+    left_out = [(item.test, item.why) for item in use.not_run]
+    for want in use.wants:
+        if want.capability in missing:
+            reason = f"{want.capability} not granted: {want.why}"
+            left_out += [(test, reason) for test in want.deselect]
+    return left_out

@@ -169,3 +169,41 @@ def no_image_left_behind(request, _guard_client):
     yield
     left = _dangling_made_since(client, started, before)
     assert not left, f"{request.node.nodeid} left untagged images behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def backend_image(engine, env):
+    """build(NAME): `nox -s build-NAME` (mostly from cache), once per module; its local ID."""
+    from scripts.backends import load_all
+    from scripts.settings import load_settings
+
+    declared, built = load_all(), {}
+
+    def build(name: str) -> str:
+        if name not in built:
+            run = nox("-s", f"build-{name}", env=env)
+            assert run.returncode == 0, run.output[-3000:]
+            reference = load_settings(environ=env).reference(declared[name])
+            built[name] = engine.images.get(reference).id
+        return built[name]
+
+    return build
+
+
+@pytest.fixture
+def started_backend(engine, env):
+    """start(NAME): `nox -s start-NAME` from scratch; its container. Stopped after the test."""
+    from scripts.backends import load_all
+
+    declared, started = load_all(), []
+
+    def start(name: str):
+        nox("-s", f"stop-{name}", env=env)
+        started.append(name)
+        run = nox("-s", f"start-{name}", env=env)
+        assert run.returncode == 0, run.output[-3000:]
+        return engine.containers.get(declared[name].container_name)
+
+    yield start
+    for name in started:
+        nox("-s", f"stop-{name}", env=env)

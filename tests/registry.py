@@ -13,7 +13,14 @@ import pytest
 
 from scripts.local_registry import LocalRegistry, free_port
 
-__all__ = ["DenyingLookups", "LocalRegistry", "docker_client", "engine_grants", "free_port"]
+__all__ = [
+    "DenyingLookups",
+    "LocalRegistry",
+    "docker_client",
+    "engine_grants",
+    "exec_ok",
+    "free_port",
+]
 
 REGISTRY_BINARY = "docker-registry"
 ACCESS_LINE = re.compile(r'^\S+ - \S+ \[[^]]*\] "[A-Z]+ /', re.M)
@@ -166,3 +173,11 @@ def engine_grants(engine, image: str, capability: str) -> bool:
         if container is not None:
             container.remove(force=True)
     return not capabilities.missing([capability], status)
+
+
+def exec_ok(container, command: str, user: str = "root") -> str:
+    """`bash -c COMMAND` in the container; its output, asserting exit 0."""
+    result = container.exec_run(["bash", "-c", command], user=user)
+    output = result.output.decode(errors="replace")
+    assert result.exit_code == 0, output
+    return output

@@ -31,7 +31,7 @@ def checkout(folder: Path, *paths: str) -> Path:
 def test_both_consumers_are_declared_for_the_backends_they_test():
     assert set(DECLARED) >= {"dask-gateway", "dask-jobqueue"}
     assert set(DECLARED["dask-gateway"].uses) == {"slurm", "pbs", "hadoop"}
-    assert set(DECLARED["dask-jobqueue"].uses) == {"slurm", "pbs", "sge"}
+    assert set(DECLARED["dask-jobqueue"].uses) == {"slurm", "pbs", "sge", "htcondor"}
 
 
 def test_dask_jobqueue_runs_its_suites_as_upstream_ci_does():
@@ -59,9 +59,28 @@ def test_the_interface_test_is_left_out_only_without_net_admin():
     assert "eth0:scheduler" in want.setup[0][-1] and "eth0:worker" in want.setup[0][-1]
     assert consumers.deselected(slurm, set()) == []
     left_out = consumers.deselected(slurm, {"NET_ADMIN"})
-    assert [test for _, test in left_out] == [
-        "dask_jobqueue/tests/test_slurm.py::test_different_interfaces_on_scheduler_and_workers"
+    assert left_out == [
+        (
+            "dask_jobqueue/tests/test_slurm.py::test_different_interfaces_on_scheduler_and_workers",
+            f"NET_ADMIN not granted: {want.why}",
+        )
     ]
+
+
+def test_a_test_that_cannot_pass_as_written_is_left_out_everywhere_with_its_reason():
+    """htcondor: the tests that cannot pass on any HTCondor pool as upstream wrote them."""
+    htcondor = DECLARED["dask-jobqueue"].uses["htcondor"]
+    left_out = consumers.deselected(htcondor, set())
+    reasons = dict(left_out)
+    assert set(reasons) == {
+        "dask_jobqueue/tests/test_htcondor.py::test_basic",
+        "dask_jobqueue/tests/test_htcondor.py::test_extra_args_broken_cancel",
+        "dask_jobqueue/tests/test_jobqueue_core.py::test_security_temporary[HTCondorCluster]",
+    }
+    for test, why in reasons.items():
+        assert why.endswith(": fails as written"), test
+        assert ("Job._call" in why) == ("test_htcondor.py" in test), test
+    assert consumers.deselected(DECLARED["dask-jobqueue"].uses["sge"], set()) == []
 
 
 def test_a_checkout_is_recognised_by_its_files(tmp_path):

@@ -1,12 +1,12 @@
-"""The second consumer for real: dask-jobqueue 0.9.0's -E slurm and -E sge suites,
-unmodified, through `nox -s cycle -- slurm|sge --source DIR` on the images built here.
+"""The second consumer for real: dask-jobqueue 0.9.0's -E slurm, -E sge and -E htcondor
+suites, unmodified, through `nox -s cycle -- BACKEND --source DIR` on the images built here.
 
 CI reaches PyPI, not GitHub: the release sdist (hash-pinned) ships the
 tests, and the three files of the tag it leaves out (conftest.py, the TLS
 test's ca.pem and key.pem) are kept in tests/upstream/dask-jobqueue-0.9.0/,
 checked by their git blob IDs (its README). About 1.5 minutes (start, pip
-install, its dozen slurm tests); sge about 1 minute (its 9 tests). The pbs
-suite runs the same way (`cycle -- pbs`), in the images workflow.
+install, its dozen slurm tests); sge and htcondor under a minute each. The
+pbs suite runs the same way (`cycle -- pbs`), in the images workflow.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from tests.nox_runner import ROOT, nox
 from tests.registry import engine_grants
 
 pytestmark = pytest.mark.docker
-SLURM, SGE = (load_all()[name] for name in ("slurm", "sge"))
+ALL = load_all()
+SLURM = ALL["slurm"]
 RELEASE = "dask-jobqueue==0.9.0"
 # PyPI's SHA-256 of dask_jobqueue-0.9.0.tar.gz: pip checks it before unpacking.
 SDIST_SHA256 = "494ef64b7bb3848c7d72ed334c288030caca6a09dca54cfaa3f395f4ba7f5c47"
@@ -116,26 +117,36 @@ def slurm_image(engine, env) -> str:
     return engine.images.get(load_settings(environ=env).reference(SLURM)).id
 
 
-@pytest.fixture
-def sge_built(engine, env):
-    run = nox("-s", "build-sge", env=env)
-    assert run.returncode == 0, run.output[-3000:]
-    nox("-s", "stop", "--", "sge", env=env)
-    yield
-    nox("-s", "stop", "--", "sge", env=env)
+# The suites that run without reruns, as upstream's ci/<scheduler>.sh runs
+# them: as whom, from where, and tests that must pass (upstream's own).
+NO_RERUNS = {
+    "sge": ("root@/root", ("test_sge.py::test_basic", "test_sge.py::test_complex_cancel_command",
+                           "test_jobqueue_core.py::test_security[SGECluster]"), 9),
+    "htcondor": ("submituser@/home/submituser", ("test_job.py::test_job[HTCondorCluster]",
+                 "test_job.py::test_cluster[HTCondorCluster]",
+                 "test_jobqueue_core.py::test_security[HTCondorCluster]"), 5),
+}  # fmt: skip
 
 
-def test_dask_jobqueue_release_sge_suite_passes_through_cycle(engine, env, sge_built, tmp_path):
-    """As upstream's ci/sge.sh: as root from its home, no reruns; its 9 tests of SGE."""
+@pytest.mark.parametrize("backend", sorted(NO_RERUNS))
+def test_dask_jobqueue_release_suite_passes_through_cycle_without_reruns(
+    engine, env, backend_image, backend, tmp_path
+):
+    where, must_pass, at_least = NO_RERUNS[backend]
+    backend_image(backend)
+    nox("-s", "stop", "--", backend, env=env)
     source = release_sdist(tmp_path)
-    run = nox("-s", "cycle", "--", "sge", "--source", str(source), env=env)
+    run = nox("-s", "cycle", "--", backend, "--source", str(source), env=env)
     assert run.returncode == 0, run.output[-6000:]
-    assert "root@/root$ pytest /working/dask_jobqueue -v -E sge" in run.output
+    assert f"{where}$ pytest /working/dask_jobqueue -v -E {backend}" in run.output
     found = counts(run.output)
-    print(f"dask-jobqueue 0.9.0 -E sge: {found}")
+    print(f"dask-jobqueue 0.9.0 -E {backend}: {found}")
     assert not {"failed", "error", "errors", "rerun"} & set(found)
-    assert found["passed"] >= 9
-    for test in ("test_sge.py::test_basic", "test_sge.py::test_complex_cancel_command"):
+    assert found["passed"] >= at_least
+    for test in must_pass:
         assert f"{test} PASSED" in run.output
-    assert "test_jobqueue_core.py::test_security[SGECluster] PASSED" in run.output
-    assert SGE.container_name not in {c.name for c in engine.containers.list(all=True)}
+    use = consumers.load_all(load_all())["dask-jobqueue"].uses[backend]
+    for item in use.not_run:  # named as not run, never passed
+        assert f"not run: {item.test} ({item.why})" in run.output
+        assert f"{item.test.partition('::')[2]} PASSED" not in run.output
+    assert ALL[backend].container_name not in {c.name for c in engine.containers.list(all=True)}

@@ -16,8 +16,9 @@ import pytest
 from scripts import containers
 from scripts.backends import load_all
 from scripts.errors import StepFailed
-from scripts.settings import READY_TIMEOUT_VARIABLE, load_settings
+from scripts.settings import READY_TIMEOUT_VARIABLE
 from tests.nox_runner import aborted_line, nox
+from tests.registry import exec_ok
 
 pytestmark = pytest.mark.docker
 SGE = load_all()["sge"]
@@ -25,27 +26,13 @@ SLOTS = 8  # all.q's (ci/sge/files/usr/local/sbin/sge-configure)
 
 
 @pytest.fixture(scope="module")
-def image(engine, env) -> str:
-    run = nox("-s", "build-sge", env=env)
-    assert run.returncode == 0, run.output[-3000:]
-    return engine.images.get(load_settings(environ=env).reference(SGE)).id
+def image(backend_image) -> str:
+    return backend_image("sge")
 
 
 @pytest.fixture
-def started(engine, env, image):
-    """A started sge container (nox -s start), stopped afterwards."""
-    nox("-s", "stop-sge", env=env)
-    run = nox("-s", "start-sge", env=env)
-    assert run.returncode == 0, run.output[-3000:]
-    yield engine.containers.get(SGE.container_name)
-    nox("-s", "stop-sge", env=env)
-
-
-def exec_(container, command: str, user: str = "root") -> str:
-    result = container.exec_run(["bash", "-c", command], user=user)
-    output = result.output.decode(errors="replace")
-    assert result.exit_code == 0, output
-    return output
+def started(started_backend):
+    return started_backend("sge")
 
 
 def test_verify_passes(env, image):
@@ -75,7 +62,7 @@ def test_another_hostname_is_one_line_naming_the_fix(engine, image):
 
 
 def test_a_stopped_qmaster_is_one_line_naming_the_fix(engine, env, started):
-    exec_(started, "supervisorctl stop sge_qmaster")
+    exec_ok(started, "supervisorctl stop sge_qmaster")
     run = nox("-s", "start-sge", env={**env, READY_TIMEOUT_VARIABLE: "10"})
     assert run.returncode != 0
     line = aborted_line(run)
@@ -88,16 +75,16 @@ def test_a_stopped_qmaster_is_one_line_naming_the_fix(engine, env, started):
 
 def test_a_full_queue_is_one_line_naming_the_fix(engine, env, started):
     submit = f"cd && for _ in $(seq {SLOTS}); do qsub -b y -o /dev/null -j y sleep 600; done"
-    exec_(started, submit, "alice")
+    exec_ok(started, submit, "alice")
     holding = f"for _ in $(seq 300); do [ $(qstat -u alice -s r | tail -n +3 | wc -l) -eq {SLOTS} ] && exit 0; sleep 0.1; done; exit 1"  # noqa: E501
-    exec_(started, holding)
+    exec_ok(started, holding)
     run = nox("-s", "start-sge", env={**env, READY_TIMEOUT_VARIABLE: "25"})
     assert run.returncode != 0
     line = aborted_line(run)
     assert f"no free slot: all {SLOTS} slots of all.q are taken (jobs: {SLOTS} of alice)" in line
     assert "delete them with qdel, or wait for them to end" in line
     # The readiness job that found no slot was deleted again: only alice's remain.
-    owners = exec_(
+    owners = exec_ok(
         started, "qstat -u '*' | tail -n +3 | awk '{ print $4 }' | sort | uniq -c"
     ).split()
     assert owners == [str(SLOTS), "alice"], owners
