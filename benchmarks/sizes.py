@@ -5,7 +5,8 @@
 Reads the local images (`nox -t build` first). Sizes are unpacked sizes on
 every image store (the containerd store's `Size` is the compressed content;
 see scripts/images.py image_sizes). Targets (issue 12), added over the
-parent: base <= 450 MB (over Debian), slurm <= 450 MB, pbs <= 400 MB.
+parent: base <= 450 MB (over Debian), slurm <= 450 MB, pbs <= 400 MB; sge and
+htcondor <= 150 MB (issues 31, 32).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from scripts.engine import connect, image_store
 from scripts.images import image_sizes
 from scripts.settings import load_settings
 
-TARGET_MB = {"base": 450, "slurm": 450, "pbs": 400}
+TARGET_MB = {"base": 450, "slurm": 450, "pbs": 400, "sge": 150, "htcondor": 150}
 
 
 def main() -> None:
