@@ -107,6 +107,23 @@ def test_every_cycle_runs_every_second():
         assert config(name) == "1", name
 
 
+def log_time(log: str, line: str) -> float:
+    """When LOG (in /var/log/condor) first says LINE: its D_SUB_SECOND time, as a timestamp."""
+    for entry in Path("/var/log/condor", log).read_text().splitlines():
+        if line in entry:
+            stamp = " ".join(entry.split()[:2])
+            return time.mktime(time.strptime(stamp[:17], "%m/%d/%y %H:%M:%S")) + float(stamp[17:])
+    raise AssertionError(f"{log} never says {line!r}")
+
+
+def test_the_negotiator_starts_after_the_startds_first_ad():
+    # Started together, its first cycles run a moment before the slot is
+    # known, and the first job waits a cycle more for its match.
+    advertised = log_time("StartLog", "Initial update sent to collector")
+    started = log_time("NegotiatorLog", "condor_negotiator (CONDOR_NEGOTIATOR) STARTING UP")
+    assert started >= advertised, (advertised, started)
+
+
 def test_no_kernel_tuning_and_no_cgroup():
     assert config("ENABLE_KERNEL_TUNING") == "False"
     assert config("BASE_CGROUP") == ""

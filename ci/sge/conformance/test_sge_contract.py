@@ -114,8 +114,11 @@ def test_queue_has_8_slots_and_no_load_threshold():
     assert conf("-shgrp", "@allhosts")["hostlist"] == "sge"
 
 
-def test_scheduler_runs_every_second():
-    assert conf("-ssconf")["schedule_interval"] == "0:0:1"
+def test_scheduler_runs_every_second_and_when_a_job_comes_or_goes():
+    scheduler = conf("-ssconf")
+    assert scheduler["schedule_interval"] == "0:0:1"
+    # Without these a job waits for the next run: 1 s more for each job.
+    assert (scheduler["flush_submit_sec"], scheduler["flush_finish_sec"]) == ("1", "1")
 
 
 def test_a_job_script_runs_under_its_own_shebang(tmp_path):
