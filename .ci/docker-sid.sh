@@ -94,14 +94,16 @@ cmd_install() {
     command -v dpkg-deb >/dev/null || die "dpkg-deb missing"
     write_apt_tree
     say "apt-get update (sid, private tree $APTROOT)"
-    apt_sid update >"$LOGDIR/apt-sid-update.log" 2>&1 || {
+    # --error-on=any: an unreachable mirror is a failed update, not an empty
+    # package list (which then read "sid has no docker.io").
+    apt_sid update --error-on=any >"$LOGDIR/apt-sid-update.log" 2>&1 || {
         cat "$LOGDIR/apt-sid-update.log" >&2
         die "apt-get update for sid failed (keyring? mirror $MIRROR?)"
     }
     local pkg version want=""
     for pkg in "${PACKAGES[@]}"; do
         version=$(candidate "$pkg")
-        [[ -n $version ]] || die "sid has no $pkg"
+        [[ -n $version ]] || die "sid's package lists (mirror $MIRROR) have no $pkg"
         want+="$pkg=$version "
     done
     want=${want% }
