@@ -370,7 +370,23 @@ def ready_timeout(backend: Backend, override: str = "") -> float:
 
 def wait_ready(container: Container, backend: Backend, timeout: float) -> float:
     """Poll the declared checks until all have passed, at most `timeout` seconds
-    (ready_timeout).
+    (ready_timeout): _poll_ready.
+
+    Raises StepFailed when the time is up or the container dies. A container
+    that exits between a look at its state and the next exec (sge's, run
+    under another host name, stops at once) is reported as exited, with its
+    last line, not as the exec the engine refused.
+    """
+    try:
+        return _poll_ready(container, backend, timeout)
+    except StepFailed:
+        with contextlib.suppress(APIError):  # removed meanwhile: the exec's error says it
+            ensure_running(container, backend.name)
+        raise
+
+
+def _poll_ready(container: Container, backend: Backend, timeout: float) -> float:
+    """Poll the declared checks until all have passed, at most `timeout` seconds.
 
     The checks are steps in the order the services come up, so a poll starts
     at the first that has not passed yet: a check that passed is not run again
