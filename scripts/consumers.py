@@ -33,6 +33,7 @@ USE = {
     "must_run": [str],
     "wants": [WANT],
     "not_run": [NOT_RUN],
+    "job_logs": [str],
 }
 SCHEMA = {"description": str, "detect": [str], "backends": {str: USE}}
 
@@ -70,6 +71,9 @@ class Use:
     must_run: tuple[str, ...] = ()
     wants: tuple[Want, ...] = ()
     not_run: tuple[NotRun, ...] = ()
+    # Where the suite's batch jobs write their output (shell globs in the
+    # container): its own workers' logs, which print-logs shows.
+    job_logs: tuple[str, ...] = ()
 
     @property
     def wanted_capabilities(self) -> tuple[str, ...]:
@@ -135,7 +139,16 @@ def _use(raw: dict, where: str) -> Use:
         not_run=tuple(
             _not_run(n, f"{where}.not_run[{i}]") for i, n in enumerate(raw.get("not_run", []))
         ),
+        job_logs=_absolute(raw.get("job_logs", []), f"{where}.job_logs"),
     )
+
+
+def _absolute(patterns: list[str], where: str) -> tuple[str, ...]:
+    """Paths in the container: absolute, since nothing says where a relative one starts."""
+    for pattern in patterns:
+        if not pattern.startswith("/"):
+            raise DeclarationError(f"{where}: {pattern!r} is not an absolute path")
+    return tuple(patterns)
 
 
 def _not_run(raw: dict, where: str) -> NotRun:

@@ -467,8 +467,9 @@ def _log_paths(container: Container, pattern: str) -> list[str]:
     return [line for line in listing.output.splitlines() if line.strip()]
 
 
-def print_logs(container: Container, backend: Backend) -> None:
-    """Status, then each declared log file, each under its own heading."""
+def print_logs(container: Container, backend: Backend, job_logs: Sequence[str] = ()) -> None:
+    """Status, then each declared log file, then the jobs' own (`job_logs`), each
+    under its own heading."""
     container.reload()
     with log.group(f"{backend.name}: container state"):
         log.write(f"status={container.status} exit_code={container.exit_code}\n")
@@ -479,12 +480,17 @@ def print_logs(container: Container, backend: Backend) -> None:
     if backend.log_status:
         with log.group(f"{backend.name}: {shlex.join(backend.log_status)}"):
             log.write(execute(container, backend.log_status).output)
-    for pattern in backend.log_files:
+    _print_files(container, backend.name, backend.log_files)
+    _print_files(container, f"{backend.name} job", job_logs)
+
+
+def _print_files(container: Container, label: str, patterns: Sequence[str]) -> None:
+    for pattern in patterns:
         paths = _log_paths(container, pattern)
         if not paths:
-            log.info(f"{backend.name}: no log at {pattern}")
+            log.info(f"{label}: no log at {pattern}")
         for path in paths:
-            with log.group(f"{backend.name}: {path}"):
+            with log.group(f"{label}: {path}"):
                 execute(container, ["tail", "-n", "500", path], stream=True)
 
 

@@ -486,8 +486,16 @@ def test(ctx: Context, backend: Backend) -> None:
         for test_id, why in left_out:
             log.warn(f"not run: {test_id} ({why})")
         deselect = [f"--deselect={test_id}" for test_id, _ in left_out]
-        for command in use.test:
-            commands.run_tests(container, backend, use, (*command, *deselect, *ctx.extra))
+        try:
+            for command in use.test:
+                commands.run_tests(container, backend, use, (*command, *deselect, *ctx.extra))
+        except StepFailed:
+            if use.job_logs:
+                log.info(
+                    f"its jobs' own logs stay in {container.name} ({', '.join(use.job_logs)}): "
+                    f"`nox -s print-logs -- {backend.name}` shows them"
+                )
+            raise
         if left_out:
             log.warn(f"{len(left_out)} test(s) not run here; see above")
         return
@@ -523,7 +531,8 @@ def print_logs(ctx: Context, backend: Backend) -> None:
             f"no {backend.name} container ({backend.container_name}) to show logs of; "
             f"run `nox -s start -- {backend.name}` first"
         )
-    containers.print_logs(container, backend)
+    use = _use_of(ctx, container, backend)
+    containers.print_logs(container, backend, use.job_logs if use is not None else ())
 
 
 @step("stop", "Stop and remove the {backend} container", scope=SERVICES)

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from scripts import backends, consumers, steps
-from scripts.errors import DeclarationError, UserError
+from scripts.errors import DeclarationError, StepFailed, UserError
+from scripts.project import ROOT
 
 BACKENDS = backends.load_all()
 DECLARED = consumers.load_all(BACKENDS)
@@ -49,7 +50,32 @@ def test_dask_jobqueue_runs_its_suites_as_upstream_ci_does():
         assert ("install", "-d", "-m", "1777", "/shared_space") in use.setup
         assert use.must_run == (f"dask_jobqueue/tests/test_{env}.py",)
     assert any("useradd" in " ".join(c) and "pbsuser" in " ".join(c) for c in pbs.setup)
-    assert not any("--reruns" in command for command in sge.test)  # a failure is one
+
+
+def test_no_dask_jobqueue_suite_is_rerun():
+    """A test that fails once fails: no --reruns, and nothing installed to rerun."""
+    for name, use in DECLARED["dask-jobqueue"].uses.items():
+        for command in use.test:
+            assert not any(part.startswith("--reruns") for part in command), name
+        assert not any("pytest-rerunfailures" in command for command in use.install), name
+
+
+def test_slurm_runner_is_left_out_for_its_documented_upstream_race():
+    slurm = DECLARED["dask-jobqueue"].uses["slurm"]
+    (item,) = [n for n in slurm.not_run if n.test.endswith("::test_slurm_runner")]
+    assert item.test == "dask_jobqueue/tests/test_slurm.py::test_slurm_runner"
+    assert "docs/upstream.md" in item.why
+    written = (ROOT / "docs" / "upstream.md").read_text()
+    # the write-up names the test and carries the reproduction that could go upstream
+    assert "test_slurm_runner" in written and "srun --mpi=none -n 4" in written
+
+
+def test_the_jobs_own_logs_are_declared_where_the_jobs_write_them():
+    uses = DECLARED["dask-jobqueue"].uses
+    assert uses["slurm"].job_logs == (f"{uses['slurm'].workdir}/slurm-*.out",)
+    assert f"{uses['pbs'].workdir}/*.[oe][0-9]*" in uses["pbs"].job_logs
+    assert uses["sge"].job_logs == (f"{uses['sge'].workdir}/*.o[0-9]*",)
+    assert uses["htcondor"].job_logs == ()  # its jobs keep no output (no log_directory)
 
 
 def test_the_interface_test_is_left_out_only_without_net_admin():
@@ -57,13 +83,15 @@ def test_the_interface_test_is_left_out_only_without_net_admin():
     assert slurm.wanted_capabilities == ("NET_ADMIN",)
     (want,) = slurm.wants
     assert "eth0:scheduler" in want.setup[0][-1] and "eth0:worker" in want.setup[0][-1]
-    assert consumers.deselected(slurm, set()) == []
+    everywhere = [(item.test, item.why) for item in slurm.not_run]
+    assert consumers.deselected(slurm, set()) == everywhere
     left_out = consumers.deselected(slurm, {"NET_ADMIN"})
     assert left_out == [
+        *everywhere,
         (
             "dask_jobqueue/tests/test_slurm.py::test_different_interfaces_on_scheduler_and_workers",
             f"NET_ADMIN not granted: {want.why}",
-        )
+        ),
     ]
 
 
@@ -148,6 +176,7 @@ BAD = {
     "detect-outside": (GOOD.replace("pkg/__init__.py", "../x"), "not a path inside a checkout"),
     "empty-user": (GOOD + 'user = ""\n', "user: expected a non-empty string"),
     "command-not-a-list": (GOOD.replace('[["pytest"]]', '"pytest"'), "test: expected a list"),
+    "job-log-relative": (GOOD + 'job_logs = ["slurm-*.out"]\n', "job_logs: 'slurm-*.out' is not"),
 }
 
 
@@ -188,4 +217,26 @@ def test_without_net_admin_the_interface_test_is_deselected_and_named(
     ran.clear()
     monkeypatch.setattr(steps.containers, "granted", lambda c, asked: set(asked))
     steps.test(ctx, BACKENDS["slurm"])
-    assert not any(part.startswith("--deselect") for part in ran[0])
+    not_run = {f"--deselect={n.test}" for n in DECLARED["dask-jobqueue"].uses["slurm"].not_run}
+    assert {part for part in ran[0] if part.startswith("--deselect")} == not_run
+
+
+def test_a_failed_suite_says_where_its_jobs_logs_are(monkeypatch, capsys, tmp_path):
+    source = checkout(tmp_path, "dask_jobqueue/__init__.py", "conftest.py")
+    container = SimpleNamespace(name="dask-gateway-ci-slurm")
+    monkeypatch.setattr(steps.containers, "require_running", lambda client, backend: container)
+    monkeypatch.setattr(steps.containers, "mounted_source", lambda c: str(source))
+    monkeypatch.setattr(steps.containers, "consumer_of", lambda c: "dask-jobqueue")
+    monkeypatch.setattr(steps.containers, "granted", lambda c, asked: set(asked))
+
+    def failing(c, backend, use, command):
+        raise StepFailed("test failed: pytest ... exited 1")
+
+    monkeypatch.setattr(steps.commands, "run_tests", failing)
+    ctx = SimpleNamespace(client=None, backends=BACKENDS, extra=[])
+    with pytest.raises(StepFailed):
+        steps.test(ctx, BACKENDS["slurm"])
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert "its jobs' own logs stay in dask-gateway-ci-slurm (/root/slurm-*.out): " in text
+    assert "`nox -s print-logs -- slurm` shows them" in text
