@@ -47,7 +47,7 @@ SCHEMA = {
     },
     "ready": {"timeout": float, "typical": float, "checks": [CHECK]},
     "smoke": [CHECK],
-    "logs": {"status": ARGV, "files": [str]},
+    "logs": {"status": ARGV, "jobs": [ARGV], "files": [str]},
     # What the conformance tests need (no checkout mounted); a checkout's own
     # install and tests are its consumer's (consumers/*.toml, scripts/consumers.py).
     "install": {"conformance": [ARGV]},
@@ -180,6 +180,8 @@ class Backend:
     ready_checks: tuple[Check, ...] = ()
     smoke: tuple[Check, ...] = ()
     log_status: tuple[str, ...] | None = None
+    # The scheduler's own record of its jobs, finished ones included (sacct, ...).
+    log_jobs: tuple[tuple[str, ...], ...] = ()
     log_files: tuple[str, ...] = ()
     install_conformance: tuple[tuple[str, ...], ...] = ()
 
@@ -314,6 +316,7 @@ def parse(name: str, folder: Path, data: dict) -> Backend:
         ),
         smoke=tuple(_check(c, f"{where}: smoke[{i}]") for i, c in enumerate(data.get("smoke", []))),
         log_status=non_empty(logs.get("status"), f"{where}: logs.status"),
+        log_jobs=tuple(non_empty(c, f"{where}: logs.jobs") for c in logs.get("jobs", [])),
         log_files=tuple(logs.get("files", ())),
         install_conformance=tuple(
             non_empty(c, f"{where}: install.conformance") for c in install.get("conformance", [])

@@ -468,8 +468,9 @@ def _log_paths(container: Container, pattern: str) -> list[str]:
 
 
 def print_logs(container: Container, backend: Backend, job_logs: Sequence[str] = ()) -> None:
-    """Status, then each declared log file, then the jobs' own (`job_logs`), each
-    under its own heading."""
+    """The container's state and output, the services' status, the scheduler's
+    record of its jobs, each declared log file, then the jobs' own output
+    (`job_logs`), each under its own heading."""
     container.reload()
     with log.group(f"{backend.name}: container state"):
         log.write(f"status={container.status} exit_code={container.exit_code}\n")
@@ -477,9 +478,10 @@ def print_logs(container: Container, backend: Backend, job_logs: Sequence[str] =
     if container.status != "running":
         log.info(f"{backend.name} is not running: only the container output is available")
         return
-    if backend.log_status:
-        with log.group(f"{backend.name}: {shlex.join(backend.log_status)}"):
-            log.write(execute(container, backend.log_status).output)
+    for command in (backend.log_status, *backend.log_jobs):
+        if command:
+            with log.group(f"{backend.name}: {shlex.join(command)}"):
+                log.write(execute(container, command).output)
     _print_files(container, backend.name, backend.log_files)
     _print_files(container, f"{backend.name} job", job_logs)
 

@@ -22,9 +22,6 @@ __all__ = [
     "free_port",
 ]
 
-REGISTRY_BINARY = "docker-registry"
-ACCESS_LINE = re.compile(r'^\S+ - \S+ \[[^]]*\] "[A-Z]+ /', re.M)
-
 
 def unavailable(reason: str) -> None:
     """Fail: a suite that skips what it cannot run says "passed" about what never ran.

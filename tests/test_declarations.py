@@ -241,6 +241,14 @@ def test_logs_are_declared(name):
         assert path.startswith("/"), path
 
 
+@pytest.mark.parametrize("name", ["slurm", "pbs", "sge", "htcondor"])
+def test_print_logs_shows_the_schedulers_record_of_its_jobs(name):
+    """A job that hung or failed is in the scheduler's record after it left the queue."""
+    commands = [command[0].rpartition("/")[2] for command in ALL[name].log_jobs]
+    finished = {"slurm": "sacct", "pbs": "qstat", "sge": "qacct", "htcondor": "condor_history"}
+    assert finished[name] in commands
+
+
 @pytest.mark.parametrize("name", FOR_GATEWAY)
 def test_dockerfile_sets_the_contract_environment(name):
     env = env_values(CI / name / "Dockerfile")

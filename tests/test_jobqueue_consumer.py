@@ -1,18 +1,20 @@
-"""The second consumer for real: dask-jobqueue 0.9.0's -E slurm, -E sge and -E htcondor
-suites, unmodified, through `nox -s cycle -- BACKEND --source DIR` on the images built here.
+"""The second consumer for real: dask-jobqueue 0.9.0's -E slurm, -E pbs, -E sge and
+-E htcondor suites, unmodified, through `nox -s cycle -- BACKEND --source DIR` on the
+images built here, with no reruns; and its jobs' own logs through `print-logs`.
 
 CI reaches PyPI, not GitHub: the release sdist (hash-pinned) ships the
 tests, and the three files of the tag it leaves out (conftest.py, the TLS
 test's ca.pem and key.pem) are kept in tests/upstream/dask-jobqueue-0.9.0/,
-checked by their git blob IDs (its README). About 1.5 minutes (start, pip
-install, its dozen slurm tests); sge and htcondor under a minute each. The
-pbs suite runs the same way (`cycle -- pbs`), in the images workflow.
+checked by their git blob IDs (its README). About 45 s per suite on an idle
+engine (start, pip install, the suite, stop); the job-log tests run one
+upstream test each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -184,6 +186,13 @@ def test_print_logs_shows_the_output_of_the_suites_own_jobs(
         assert shown.returncode == 0, shown.output[-3000:]
         headings = re.findall(rf"^(?:==> |::group::){backend} job: (/\S+)$", shown.output, re.M)
         assert headings, shown.output[-3000:]
+        # the scheduler's record of the jobs (sacct, qstat -x, qacct), the test's among them
+        records = []
+        for command in ALL[backend].log_jobs:
+            heading = f"{backend}: {shlex.join(command)}\n"
+            assert heading in shown.output
+            records.append(shown.output.partition(heading)[2].partition(f"{backend}: ")[0])
+        assert any("dask-worker" in record for record in records), shown.output[-3000:]
         # what dask's worker said in its job: where it listened, whom it joined
         assert re.search(r"distributed\.worker - INFO - +Start worker at: +tcp://", shown.output)
         assert re.search(r"distributed\.worker - INFO - +Registered to: +tcp://", shown.output)
