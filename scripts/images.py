@@ -283,6 +283,7 @@ def build_one(
     what = f"{reference}" + (f" (target {target})" if target else "")
     with log.group(f"build {what}"):
         labels = oci_labels(backend, provenance(settings.source, [backend.folder, *parent_folders]))
+        before = {image.id for image in list_images(client)} if offered else set()
         with sources.served(client, offered) as urls:
             stream = run_build(
                 client,
@@ -304,11 +305,31 @@ def build_one(
     if stream.image_id is None:
         raise StepFailed(f"build of {what} ended without an image ID")
     check_platform(client, stream.image_id, what, platform)
+    if offered:
+        _remove_left_stages(client, before, stream.image_id)
     log.info(
         f"built {what}: {stream.image_id[:19]} "
         f"({stream.cached_steps}/{stream.steps} steps from cache)"
     )
     return stream.image_id
+
+
+def _remove_left_stages(client: Client, before: set[str], result: str) -> None:
+    """Remove what the classic builder leaves of a build's other stages.
+
+    A served file's URL names a new port at every build, so the stage that
+    downloads it is built anew each time, and the classic builder keeps that
+    stage's image, untagged and used by nothing (BuildKit keeps none). These
+    are the images this build made with our labels that no tag and no other
+    image holds; removing one removes its untagged steps too.
+    """
+    images = list_images(client)
+    parents = {image.parent for image in images}
+    for image in images:
+        left = image.id not in before and not image.repo_tags and image.id not in parents
+        if left and image.id != result and BACKEND_LABEL in image.labels:
+            with contextlib.suppress(APIError):  # in use, or gone: it is not the build's to fail
+                remove_image(client, image.id, force=False)
 
 
 def check_build_options(

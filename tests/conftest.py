@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 import pytest
 
@@ -158,8 +159,6 @@ def untagged_builds_removed(_guard_client):
 @pytest.fixture(autouse=True)
 def no_image_left_behind(request, _guard_client):
     """No test leaves an image it built untagged (dangling); build cache may stay."""
-    import time
-
     client = _guard_client
     if client is None:
         yield
@@ -173,15 +172,22 @@ def no_image_left_behind(request, _guard_client):
 
 @pytest.fixture(scope="module")
 def backend_image(engine, env):
-    """build(NAME): `nox -s build-NAME` (mostly from cache), once per module; its local ID."""
+    """build(NAME): `nox -s build-NAME` (mostly from cache), once per module; its local ID.
+
+    A backend whose build downloads (pbs) takes its files from DASK_GATEWAY_CI_SOURCES
+    when that is set, as `.ci/run` sets it: here the image is what is tested, not the
+    download (tests/test_sources.py tests that).
+    """
     from scripts.backends import load_all
-    from scripts.settings import load_settings
+    from scripts.settings import SOURCES_VARIABLE, load_settings
 
     declared, built = load_all(), {}
+    sources = os.environ.get(SOURCES_VARIABLE)
 
     def build(name: str) -> str:
         if name not in built:
-            run = nox("-s", f"build-{name}", env=env)
+            given = {SOURCES_VARIABLE: sources} if sources and declared[name].downloads else {}
+            run = nox("-s", f"build-{name}", env={**env, **given})
             assert run.returncode == 0, run.output[-3000:]
             reference = load_settings(environ=env).reference(declared[name])
             built[name] = engine.images.get(reference).id
@@ -207,3 +213,14 @@ def started_backend(engine, env):
     yield start
     for name in started:
         nox("-s", f"stop-{name}", env=env)
+
+
+def wait_for(condition, what: str, timeout: float = 120.0, every: float = 0.05):
+    """Poll `condition` until it is true (an observable state, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from scripts import containers
 from scripts.backends import load_all
 from scripts.engine import Container
 from scripts.labels import STARTED_LABEL
-from tests.conftest import TEST_LABEL, _ours
+from tests.conftest import TEST_LABEL, _ours, wait_for
 from tests.nox_runner import (
     ROOT,
     STOP_SIGNALS,
@@ -39,17 +38,6 @@ def one_line_failure(run: Run) -> str:
     assert run.returncode != 0, run.output
     assert "Traceback" not in run.output, run.output
     return aborted_line(run)
-
-
-def wait_for(condition, what: str, timeout: float = 120.0, every: float = 0.05):
-    """Poll `condition` until it is true (an observable state, never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def running_named(engine, prefix: str):
