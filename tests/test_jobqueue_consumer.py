@@ -55,6 +55,12 @@ def no_container(env):
     nox("-s", "stop", "--", "slurm", env=env)
 
 
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    """The release's checkout, downloaded and unpacked once for the module's tests."""
+    return release_sdist(tmp_path_factory.mktemp("dask-jobqueue"))
+
+
 def release_sdist(folder: Path) -> Path:
     """dask-jobqueue 0.9.0's sdist, downloaded with its hash checked, unpacked."""
     requirement = folder / "requirement.txt"
@@ -88,9 +94,9 @@ def counts(output: str) -> dict[str, int]:
 
 
 def test_dask_jobqueue_release_slurm_suite_passes_through_cycle(
-    engine, env, built, no_container, tmp_path
+    engine, env, built, no_container, release
 ):
-    source = release_sdist(tmp_path)
+    source = release
     declared = consumers.load_all(load_all())
     assert consumers.choose(declared, source, None, "--source").name == "dask-jobqueue"
 
@@ -138,12 +144,12 @@ NO_RERUNS = {
 
 @pytest.mark.parametrize("backend", sorted(NO_RERUNS))
 def test_dask_jobqueue_release_suite_passes_through_cycle_without_reruns(
-    engine, env, backend_image, backend, tmp_path
+    engine, env, backend_image, backend, release
 ):
     where, must_pass, at_least = NO_RERUNS[backend]
     backend_image(backend)
     nox("-s", "stop", "--", backend, env=env)
-    source = release_sdist(tmp_path)
+    source = release
     run = nox("-s", "cycle", "--", backend, "--source", str(source), env=env)
     assert run.returncode == 0, run.output[-6000:]
     assert f"{where}$ pytest /working/dask_jobqueue -v -E {backend}" in run.output
@@ -167,13 +173,13 @@ JOB_LOGGED = sorted(
 
 @pytest.mark.parametrize("backend", JOB_LOGGED)
 def test_print_logs_shows_the_output_of_the_suites_own_jobs(
-    engine, env, backend_image, backend, tmp_path
+    engine, env, backend_image, backend, release
 ):
     """One upstream test (its cluster's workers are batch jobs), then print-logs: each
     job's own output, under its own heading, and the scheduler's record of the jobs."""
     backend_image(backend)
     nox("-s", "stop", "--", backend, env=env)
-    source = release_sdist(tmp_path)
+    source = release
     try:
         started = nox("-s", "start", "--", backend, "--source", str(source), env=env)
         assert started.returncode == 0, started.output[-3000:]
